@@ -1,0 +1,3 @@
+from formforge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""create_app(settings): the one route table, and the wiring of every collaborator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tornado.web import Application, RedirectHandler, StaticFileHandler
+
+from formforge.config import Settings
+from formforge.events import EventBus
+from formforge.fronts.site import HealthHandler, MetricsHandler
+from formforge.fronts.tus import TusHandler
+from formforge.locks import MemoryLocker
+from formforge.metrics import Metrics
+from formforge.service import Limits, UploadService
+from formforge.stores.file import FileStore
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+ID_PATTERN = r"(?P<upload_id>[^/]+)"
+
+
+@dataclass
+class FormForgeApp:
+    """The Tornado application and what runs beside it."""
+
+    settings: Settings
+    application: Application
+    service: UploadService
+    metrics: Metrics
+    _sweeper: asyncio.Task[None] | None = field(default=None)
+
+    async def start(self) -> None:
+        await self.service.store.recover()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        await self.service.shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        interval = self.settings.expiration.sweep_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.service.sweep()
+                if removed:
+                    log.info("sweep removed=%d", removed)
+            except Exception:
+                log.exception("sweep failed")
+
+
+def create_app(settings: Settings) -> FormForgeApp:
+    bus = EventBus()
+    metrics = Metrics()
+    bus.subscribe(metrics.on_event)
+    store = FileStore(Path(settings.storage.path), fsync=settings.storage.fsync)
+    service = UploadService(store, MemoryLocker(), bus, _limits(settings))
+    front: dict[str, Any] = {
+        "service": service,
+        "public_url": str(settings.server.public_url) if settings.server.public_url else None,
+        "cors_origins": tuple(settings.server.cors_origins),
+    }
+    routes: list[Any] = [
+        (r"/files/?", TusHandler, front),
+        (rf"/files/{ID_PATTERN}/?", TusHandler, front),
+        (r"/healthz", HealthHandler),
+        (r"/metrics", MetricsHandler, {"metrics": metrics}),
+        (r"/", RedirectHandler, {"url": "/static/index.html"}),
+    ]
+    application = Application(
+        routes,
+        static_path=str(STATIC_DIR),
+        static_handler_class=StaticFileHandler,
+        log_function=metrics.on_request,
+        idle_timeout_seconds=settings.server.idle_timeout_seconds,
+    )
+    return FormForgeApp(settings, application, service, metrics)
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        max_size=settings.limits.max_size,
+        max_metadata_bytes=settings.limits.max_metadata_bytes,
+        unfinished_ttl_seconds=settings.expiration.unfinished_ttl_seconds,
+        checksum_algorithms=tuple(settings.checksum.algorithms),
+        progress_interval_seconds=settings.events.progress_interval_ms / 1000,
+    )

@@ -1,0 +1,121 @@
+"""A request body as an async iterator of chunks, fed by a front as bytes arrive.
+
+`feed` returns an awaitable while the consumer has not taken the last chunk: that is the
+backpressure (Tornado stops reading the socket until it resolves), so at most one chunk
+waits here per upload. The iterator ends when the body is complete, the connection is cut,
+the client stalls for `idle_timeout` seconds, or a newer request takes the upload over;
+`end` says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+
+STALLED_AFTER_SECONDS = 1.0  # a holder this quiet lets a newer request take over
+
+
+class BodyEnd(enum.Enum):
+    COMPLETE = "complete"
+    CUT = "cut"  # the connection closed before the body ended
+    STALLED = "stalled"  # nothing arrived for the idle time-out
+    STOPPED = "stopped"  # a newer request for the upload took over
+
+
+class BodyStream:
+    def __init__(self, idle_timeout: float, on_abort: Callable[[BodyEnd], None]) -> None:
+        """`on_abort` is told when the body ends early so the front can drop the connection."""
+        self._loop = asyncio.get_running_loop()
+        self._chunks: deque[bytes] = deque()
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._space_waiter: asyncio.Future[None] | None = None
+        self._idle_timeout = idle_timeout
+        self._on_abort = on_abort
+        self._last_activity = time.monotonic()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.end: BodyEnd | None = None
+        self.received = 0
+
+    # -- the producer side (the front) ---------------------------------------------------
+
+    def feed(self, chunk: bytes) -> asyncio.Future[None] | None:
+        if self.end is not None:
+            return None  # the consumer is gone; the front is closing the connection
+        self._last_activity = time.monotonic()
+        self.received += len(chunk)
+        self._chunks.append(chunk)
+        self._wake(self._data_waiter)
+        self._space_waiter = self._loop.create_future()
+        return self._space_waiter
+
+    def finish(self) -> None:
+        self._close(BodyEnd.COMPLETE)
+
+    def cut(self) -> None:
+        self._close(BodyEnd.CUT)
+
+    # -- take-over -----------------------------------------------------------------------
+
+    def idle_seconds(self) -> float:
+        """How long the body has waited for the client without getting a byte."""
+        if self._chunks or self.end is not None:
+            return 0.0 if self.end is None else float("inf")
+        return time.monotonic() - self._last_activity
+
+    def release_request(self, force: bool) -> bool:
+        """The lock's release request: stop if forced or stalled; refuse while receiving."""
+        if force or self.idle_seconds() >= STALLED_AFTER_SECONDS:
+            self._abort(BodyEnd.STOPPED)
+            return True
+        return False
+
+    # -- the consumer side (the store) ---------------------------------------------------
+
+    def __aiter__(self) -> BodyStream:
+        if self._watchdog is None and self.end is None:
+            self._watchdog = self._loop.call_later(self._idle_timeout, self._check_idle)
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self.end is not None:
+                raise StopAsyncIteration
+            self._data_waiter = self._loop.create_future()
+            await self._data_waiter
+        chunk = self._chunks.popleft()
+        self._last_activity = time.monotonic()
+        self._wake(self._space_waiter)
+        return chunk
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        idle = self.idle_seconds()
+        if self.end is not None:
+            return
+        if idle >= self._idle_timeout:
+            self._abort(BodyEnd.STALLED)
+        else:
+            self._watchdog = self._loop.call_later(self._idle_timeout - idle, self._check_idle)
+
+    def _abort(self, reason: BodyEnd) -> None:
+        if self.end is None:
+            self._close(reason)
+            self._on_abort(reason)
+
+    def _close(self, reason: BodyEnd) -> None:
+        if self.end is not None:
+            return
+        self.end = reason
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._wake(self._data_waiter)
+        self._wake(self._space_waiter)
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,96 @@
+"""What every HTTP front shares: collaborators, CORS, and the one place errors are rendered."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler
+
+from formforge.errors import ErrorKind, UploadError
+from formforge.service import UploadService
+
+log = logging.getLogger(__name__)
+
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Content-Range, Origin, X-Requested-With, X-Request-ID, "
+    "X-HTTP-Method-Override, Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, "
+    "Upload-Defer-Length, Upload-Concat, Upload-Checksum, Range"
+)
+EXPOSED_HEADERS = (
+    "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, "
+    "Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Extension, Tus-Max-Size, "
+    "Tus-Checksum-Algorithm, Content-Disposition, Content-Range, Accept-Ranges"
+)
+ALLOWED_METHODS = "POST, GET, HEAD, PATCH, PUT, DELETE, OPTIONS"
+
+_REASONS = {460: "Checksum Mismatch", 499: "Client Closed Request"}
+
+
+class FrontHandler(RequestHandler):
+    """Base of the fronts' handlers; `initialize` receives the collaborators (no globals)."""
+
+    def initialize(self, service: UploadService, public_url: str | None,
+                   cors_origins: tuple[str, ...]) -> None:
+        self.service = service
+        self.public_url = public_url
+        self.cors_origins = cors_origins
+
+    def set_default_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and ("*" in self.cors_origins or origin in self.cors_origins):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+            self.add_header("Vary", "Origin")
+
+    def is_preflight(self) -> bool:
+        return (self.request.method == "OPTIONS"
+                and "Access-Control-Request-Method" in self.request.headers)
+
+    def answer_preflight(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", ALLOWED_METHODS)
+        self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"{self.request.protocol}://{self.request.host}"
+
+    # -- errors --------------------------------------------------------------------------
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        value = exc_info[1] if exc_info else None
+        if isinstance(value, UploadError):
+            self.set_status(value.kind.status, _REASONS.get(value.kind.status))
+            self.render_error(value)
+        else:  # Tornado's own (405, a malformed request, a body over the limit) or a bug
+            self.render_error(_from_status(status_code, value))
+
+    def render_error(self, error: UploadError) -> None:
+        """How this front shows an error; the status is already set."""
+        raise NotImplementedError
+
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        if isinstance(value, UploadError):
+            log.info("%s %s -> %d %s: %s", self.request.method, self.request.path,
+                     value.kind.status, value.kind.code, value.message)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+def _from_status(status: int, value: BaseException | None) -> UploadError:
+    kind = next((kind for kind in ErrorKind if kind.status == status), None)
+    if kind is None:
+        kind = ErrorKind.BAD_REQUEST if 400 <= status < 500 else ErrorKind.INTERNAL
+    if isinstance(value, HTTPError) and value.log_message and status < 500:
+        return UploadError(kind, value.log_message % value.args)
+    try:
+        return UploadError(kind, HTTPStatus(status).phrase)
+    except ValueError:
+        return UploadError(kind, "error")

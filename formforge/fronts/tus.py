@@ -1,0 +1,273 @@
+"""The tus 1.0.0 front at /files/: core protocol plus creation, creation-with-upload,
+creation-defer-length, expiration, checksum, termination and concatenation.
+
+Headers are parsed in `prepare`, so a bad request is a 4xx before any body is read; the
+body then streams into the service through a `BodyStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from tornado.web import stream_request_body
+
+from formforge.body import BodyEnd, BodyStream
+from formforge.checksum import parse_upload_checksum
+from formforge.errors import ErrorKind, UploadError
+from formforge.fronts.base import FrontHandler
+from formforge.fronts.download import content_disposition, content_type, parse_range
+from formforge.metadata import encode_metadata, parse_metadata
+from formforge.service import WriteRequest
+from formforge.stores.base import ConcatRole, UploadInfo
+
+TUS_VERSION = "1.0.0"
+OFFSET_TYPE = "application/offset+octet-stream"
+OVERRIDABLE = frozenset({"PATCH", "DELETE", "HEAD", "GET", "OPTIONS"})
+
+
+def tus_extensions(can_terminate: bool, can_concatenate: bool) -> str:
+    """Built from what the store really supports, so the header cannot drift."""
+    names = ["creation", "creation-with-upload", "creation-defer-length", "expiration",
+             "checksum"]
+    if can_terminate:
+        names.append("termination")
+    if can_concatenate:
+        names.append("concatenation")
+    return ",".join(names)
+
+
+@stream_request_body
+class TusHandler(FrontHandler):
+    SUPPORTED_METHODS = ("OPTIONS", "HEAD", "GET", "POST", "PATCH", "DELETE")
+
+    body: BodyStream | None = None
+    write_task: asyncio.Task[UploadInfo] | None = None
+    created: UploadInfo | None = None
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.clear_header("Content-Type")  # tus answers carry no body unless they say so
+        self.set_header("Tus-Resumable", TUS_VERSION)
+
+    def compute_etag(self) -> None:
+        return None  # HEAD answers change with every PATCH; no caching, no ETag
+
+    # -- request start: method override, version, headers, lock --------------------------
+
+    async def prepare(self) -> None:
+        override = self.request.headers.get("X-HTTP-Method-Override", "").upper()
+        if self.request.method == "POST" and override in OVERRIDABLE:
+            self.request.method = override
+        if self.request.method in ("OPTIONS", "GET"):
+            return
+        if self.request.headers.get("Tus-Resumable") != TUS_VERSION:
+            self.set_header("Tus-Version", TUS_VERSION)
+            raise UploadError(ErrorKind.UNSUPPORTED_VERSION, "Tus-Resumable must be 1.0.0")
+        upload_id = self.path_kwargs.get("upload_id")
+        if self.request.method == "PATCH" and upload_id:
+            await self._start_patch(upload_id)
+        elif self.request.method == "POST" and not upload_id:
+            await self._start_creation()
+
+    async def _start_patch(self, upload_id: str) -> None:
+        if _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
+            raise UploadError(ErrorKind.UNSUPPORTED_MEDIA_TYPE,
+                              f"Content-Type must be {OFFSET_TYPE}")
+        offset = self._header_int("Upload-Offset", required=True)
+        assert offset is not None
+        await self._start_write(upload_id, offset, length=self._header_int("Upload-Length"))
+
+    async def _start_write(self, upload_id: str, offset: int, length: int | None) -> None:
+        checksum_header = self.request.headers.get("Upload-Checksum")
+        checksum = (parse_upload_checksum(checksum_header,
+                                          self.service.limits.checksum_algorithms)
+                    if checksum_header is not None else None)
+        request = WriteRequest(upload_id, offset, length, self._header_int("Content-Length"),
+                               checksum)
+        self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
+        self.write_task = await self.service.start_write(request, self.body)
+        self.request.connection.set_max_body_size(self.service.limits.max_size)
+
+    # -- creation --------------------------------------------------------------------------
+
+    async def _start_creation(self) -> None:
+        metadata = parse_metadata(self.request.headers.get("Upload-Metadata", ""),
+                                  self.service.limits.max_metadata_bytes)
+        concat = self.request.headers.get("Upload-Concat")
+        if concat is not None and concat.startswith("final;"):
+            # tus: the final upload is created from its parts; it takes no body.
+            if "Upload-Length" in self.request.headers:
+                raise UploadError(ErrorKind.BAD_REQUEST, "a final upload takes no Upload-Length")
+            self.created = await self.service.create_final(_part_ids(concat[6:]), metadata)
+            return
+        role = _concat_role(concat)
+        size = self._creation_size()
+        has_body = self._has_body()
+        if has_body and _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
+            raise UploadError(ErrorKind.UNSUPPORTED_MEDIA_TYPE,
+                              f"a creation body needs Content-Type {OFFSET_TYPE}")
+        self.created = await self.service.create(size, metadata, role)
+        if has_body:
+            await self._start_write(self.created.id, 0, None)
+
+    def _creation_size(self) -> int | None:
+        defer = self.request.headers.get("Upload-Defer-Length")
+        length = self._header_int("Upload-Length")
+        if defer is not None and defer != "1":
+            raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Defer-Length must be 1")
+        if (defer is None) == (length is None):
+            raise UploadError(ErrorKind.BAD_REQUEST,
+                              "give exactly one of Upload-Length and Upload-Defer-Length: 1")
+        return length
+
+    def _has_body(self) -> bool:
+        return ((self._header_int("Content-Length") or 0) > 0
+                or "chunked" in self.request.headers.get("Transfer-Encoding", "").lower())
+
+    # -- the body --------------------------------------------------------------------------
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.body is not None:
+            return self.body.feed(chunk)
+        return None
+
+    def on_connection_close(self) -> None:
+        if self.body is not None:
+            self.body.cut()
+        super().on_connection_close()
+
+    def _drop_connection(self, reason: BodyEnd) -> None:
+        """A stalled body, or a newer request took over: nothing more to read here."""
+        self.request.connection.close()  # type: ignore[union-attr]
+
+    async def _body_done(self) -> UploadInfo | None:
+        if self.body is None or self.write_task is None:
+            return None
+        self.body.finish()
+        return await self.write_task
+
+    # -- methods ---------------------------------------------------------------------------
+
+    def options(self, upload_id: str | None = None) -> None:
+        if self.is_preflight():
+            self.answer_preflight()
+            return
+        limits = self.service.limits
+        self.set_header("Tus-Version", TUS_VERSION)
+        self.set_header("Tus-Extension", tus_extensions(self.service.can_terminate,
+                                                        self.service.can_concatenate))
+        self.set_header("Tus-Max-Size", str(limits.max_size))
+        self.set_header("Tus-Checksum-Algorithm", ",".join(limits.checksum_algorithms))
+        self.set_status(204)
+
+    async def post(self, upload_id: str | None = None) -> None:
+        if upload_id:
+            raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "POST goes to the creation URL")
+        written = await self._body_done()
+        info = written or self.created
+        assert info is not None
+        self.set_header("Location", f"{self.base_url()}/files/{info.id}")
+        if written is not None:
+            self.set_header("Upload-Offset", str(written.offset))
+        self._set_expires(info)
+        self.set_status(201)
+
+    async def head(self, upload_id: str | None = None) -> None:
+        info = await self.service.get(self._require_id(upload_id))
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Upload-Offset", str(info.offset))
+        if info.size is None:
+            self.set_header("Upload-Defer-Length", "1")
+        else:
+            self.set_header("Upload-Length", str(info.size))
+        if info.metadata:
+            self.set_header("Upload-Metadata", encode_metadata(info.metadata))
+        if info.concat is ConcatRole.PARTIAL:
+            self.set_header("Upload-Concat", "partial")
+        elif info.concat is ConcatRole.FINAL:
+            self.set_header("Upload-Concat",
+                            "final;" + " ".join(f"/files/{part}" for part in info.parts))
+        self._set_expires(info)
+        self.set_status(200)
+
+    async def patch(self, upload_id: str | None = None) -> None:
+        if not upload_id:
+            raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "PATCH goes to an upload's URL")
+        info = await self._body_done()
+        assert info is not None
+        self.set_header("Upload-Offset", str(info.offset))
+        self._set_expires(info)
+        self.set_status(204)
+
+    async def delete(self, upload_id: str | None = None) -> None:
+        await self.service.terminate(self._require_id(upload_id))
+        self.set_status(204)
+
+    async def get(self, upload_id: str | None = None) -> None:
+        info, reader = await self.service.open_download(self._require_id(upload_id))
+        assert info.size is not None
+        span = parse_range(self.request.headers.get("Range"), info.size)
+        start, end = span or (0, info.size)
+        mime = content_type(info)
+        self.set_header("Content-Type", mime)
+        self.set_header("Content-Disposition", content_disposition(info, mime))
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Content-Length", str(end - start))
+        if span is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{info.size}")
+        async for chunk in reader.read(info.id, start, end):
+            self.write(chunk)
+            await self.flush()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def render_error(self, error: UploadError) -> None:
+        if error.kind is ErrorKind.RANGE_NOT_SATISFIABLE:
+            self.set_header("Content-Range", f"bytes */{error.details.get('size', 0)}")
+        if "offset" in error.details and error.kind is ErrorKind.OFFSET_MISMATCH:
+            self.set_header("Upload-Offset", str(error.details["offset"]))
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{error.message}\n")
+
+    def _require_id(self, upload_id: str | None) -> str:
+        if not upload_id:
+            raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "this method needs an upload URL")
+        return upload_id
+
+    def _header_int(self, name: str, *, required: bool = False) -> int | None:
+        raw = self.request.headers.get(name)
+        if raw is None:
+            if required:
+                raise UploadError(ErrorKind.BAD_REQUEST, f"{name} is missing")
+            return None
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 20:
+            raise UploadError(ErrorKind.BAD_REQUEST, f"{name} must be a non-negative integer")
+        return int(raw)
+
+    def _set_expires(self, info: UploadInfo) -> None:
+        expires = self.service.expires_at(info)
+        if expires is not None:
+            self.set_header("Upload-Expires", format_datetime(expires, usegmt=True))
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def _concat_role(header: str | None) -> ConcatRole | None:
+    if header is None:
+        return None
+    if header.strip() == "partial":
+        return ConcatRole.PARTIAL
+    raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Concat must be partial or final;<urls>")
+
+
+def _part_ids(urls: str) -> list[str]:
+    """`/files/a http://host/files/b` -> ["a", "b"]; the id is each URL's last segment."""
+    return [urlparse(url).path.rstrip("/").rsplit("/", 1)[-1] for url in urls.split()]

@@ -1,0 +1,85 @@
+"""One writer per upload, and no client locked out by its own dead connection.
+
+A holder registers a `release_request` callback with its lock. Someone who wants the lock
+asks the holder (through the callback) to let go; the holder decides: a request that is
+stalled, or any request when the asker must take over (DELETE), stops reading, saves what
+it has and releases. An active holder refuses and the asker gets `upload-locked` (423).
+A Redis locker (cluster mode) carries the same request over pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from formforge.errors import ErrorKind, UploadError
+
+# `force` is True when the asker must get the lock (termination); the return value says
+# whether the holder agreed to let go soon.
+ReleaseRequest = Callable[[bool], bool]
+
+TAKEOVER_WAIT_SECONDS = 1.0
+
+
+class Lock(ABC):
+    @abstractmethod
+    async def release(self) -> None:
+        """Let go; idempotent."""
+
+
+class Locker(ABC):
+    @abstractmethod
+    async def acquire(self, upload_id: str, release_request: ReleaseRequest, *,
+                      force: bool = False) -> Lock:
+        """Take the upload's lock, asking a current holder to let go.
+
+        Raises `UploadError(UPLOAD_LOCKED)` if the holder refuses or has not let go within
+        about a second. Never waits longer than that.
+        """
+
+
+@dataclass(eq=False)
+class _Held:
+    release_request: ReleaseRequest
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _MemoryLock(Lock):
+    def __init__(self, locker: MemoryLocker, upload_id: str, held: _Held) -> None:
+        self._locker, self._upload_id, self._held = locker, upload_id, held
+
+    async def release(self) -> None:
+        self._locker._drop(self._upload_id, self._held)
+
+
+class MemoryLocker(Locker):
+    """Locks for one process."""
+
+    def __init__(self, wait_seconds: float = TAKEOVER_WAIT_SECONDS) -> None:
+        self._held: dict[str, _Held] = {}
+        self._wait_seconds = wait_seconds
+
+    async def acquire(self, upload_id: str, release_request: ReleaseRequest, *,
+                      force: bool = False) -> Lock:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_seconds
+        while (current := self._held.get(upload_id)) is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not current.release_request(force):
+                raise UploadError(ErrorKind.UPLOAD_LOCKED,
+                                  "another request is still writing to this upload")
+            try:
+                await asyncio.wait_for(current.released.wait(), remaining)
+            except TimeoutError:
+                raise UploadError(ErrorKind.UPLOAD_LOCKED,
+                                  "the previous request did not let go in time") from None
+        held = _Held(release_request)
+        self._held[upload_id] = held
+        return _MemoryLock(self, upload_id, held)
+
+    def _drop(self, upload_id: str, held: _Held) -> None:
+        if self._held.get(upload_id) is held:
+            del self._held[upload_id]
+        held.released.set()

@@ -1,0 +1,53 @@
+"""Prometheus metrics, fed by the event bus and by Tornado's request log hook."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from tornado.web import RequestHandler
+
+from formforge.events import (
+    BytesWritten,
+    Event,
+    UploadCreated,
+    UploadFailed,
+    UploadFinished,
+    UploadTerminated,
+)
+
+
+class Metrics:
+    """One registry per app (no module globals), so tests and several apps stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("formforge_http_requests", "HTTP requests answered",
+                                ["method", "status"], registry=self.registry)
+        self.bytes_received = Counter("formforge_bytes_received", "Upload bytes stored",
+                                      registry=self.registry)
+        self.created = Counter("formforge_uploads_created", "Uploads created",
+                               registry=self.registry)
+        self.finished = Counter("formforge_uploads_finished", "Uploads finished",
+                                registry=self.registry)
+        self.terminated = Counter("formforge_uploads_terminated", "Uploads terminated",
+                                  registry=self.registry)
+        self.errors = Counter("formforge_upload_errors", "Upload errors by code", ["code"],
+                              registry=self.registry)
+
+    def on_event(self, event: Event) -> None:
+        match event:
+            case BytesWritten(count=count):
+                self.bytes_received.inc(count)
+            case UploadCreated():
+                self.created.inc()
+            case UploadFinished():
+                self.finished.inc()
+            case UploadTerminated():
+                self.terminated.inc()
+            case UploadFailed(kind=kind):
+                self.errors.labels(kind.code).inc()
+
+    def on_request(self, handler: RequestHandler) -> None:
+        self.requests.labels(handler.request.method or "", str(handler.get_status())).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,272 @@
+"""Local-disk store: `<id>.bin` holds the bytes, `<id>.info` (JSON, replaced atomically) the rest.
+
+The offset of an upload *is* the size of its `.bin` file: there is no second copy of it to
+fall out of step after a crash. A provisional (checksummed) write first records where it
+started in `<id>.pending`; `recover()` cuts any such write back, so bytes whose checksum was
+never verified do not survive a crash as if they had been accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from formforge.errors import ErrorKind, UploadError
+from formforge.ids import is_valid_upload_id
+from formforge.stores.base import (
+    ConcatRole,
+    NewUpload,
+    Store,
+    UploadInfo,
+    UploadState,
+)
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1024 * 1024
+_INFO_FIELDS = {"size", "state", "sha256", "error", "metadata"}
+
+
+class FileStore(Store):
+    """Uploads as files in one directory. Every path is built from a validated id."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+
+    # -- paths -------------------------------------------------------------------------
+
+    def _path(self, upload_id: str, suffix: str) -> Path:
+        if not is_valid_upload_id(upload_id):
+            # The service validates ids first; this is the last line of defence.
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
+        return self.root / f"{upload_id}{suffix}"
+
+    def data_path(self, upload_id: str) -> Path:
+        return self._path(upload_id, ".bin")
+
+    # -- core ----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        await asyncio.to_thread(self._recover_sync)
+
+    def _recover_sync(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        names = set(os.listdir(self.root))
+        for entry in os.scandir(self.root):
+            if entry.name.endswith(".bin") and entry.name[:-4] + ".info" not in names:
+                os.unlink(entry.path)  # created or concatenated, but a crash came before its info
+                continue
+            if entry.name.endswith((".tmp", ".concat")):
+                os.unlink(entry.path)  # an atomic write or a concatenation cut by a crash
+            elif entry.name.endswith(".pending"):
+                upload_id = entry.name.removesuffix(".pending")
+                start = int(Path(entry.path).read_text() or "0")
+                with contextlib.suppress(FileNotFoundError):
+                    os.truncate(self.data_path(upload_id), start)
+                os.unlink(entry.path)
+                log.info("provisional write cut back upload_id=%s offset=%d", upload_id, start)
+
+    async def create(self, new: NewUpload) -> UploadInfo:
+        return await asyncio.to_thread(self._create_sync, new)
+
+    def _create_sync(self, new: NewUpload) -> UploadInfo:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Data first, info second: the info file is what makes an upload exist, so a crash
+        # in between leaves only an empty orphan for the sweeper.
+        with open(self.data_path(new.id), "xb") as data:
+            self._sync_file(data.fileno())
+        self._write_info_sync(new.id, _new_record(new))
+        return self._info_sync(new.id)
+
+    async def get_info(self, upload_id: str) -> UploadInfo:
+        return await asyncio.to_thread(self._info_sync, upload_id)
+
+    def _info_sync(self, upload_id: str) -> UploadInfo:
+        info_path = self._path(upload_id, ".info")
+        try:
+            record = json.loads(info_path.read_bytes())
+            info_stat = info_path.stat()
+        except FileNotFoundError:
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
+        try:
+            data_stat = self.data_path(upload_id).stat()
+            offset, mtime = data_stat.st_size, max(data_stat.st_mtime, info_stat.st_mtime)
+        except FileNotFoundError:  # a tombstone: the bytes are gone
+            offset, mtime = 0, info_stat.st_mtime
+        return _info_from_record(upload_id, record, offset, mtime)
+
+    async def write(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        keep: Callable[[], bool] | None = None,
+    ) -> int:
+        path = self.data_path(upload_id)
+        if keep is not None:
+            await asyncio.to_thread(self._write_atomic, self._path(upload_id, ".pending"),
+                                    str(offset).encode())
+        async with aiofiles.open(path, "r+b", buffering=0) as data:
+            end = await data.seek(0, os.SEEK_END)
+            if end != offset:
+                raise UploadError(ErrorKind.OFFSET_MISMATCH,
+                                  f"offset is {end}, not {offset}", offset=end)
+            try:
+                async for chunk in chunks:
+                    await _write_all(data, chunk)
+                    end += len(chunk)
+            finally:
+                # Runs on a cut body, a cancelled task and an error alike: what arrived stays.
+                if keep is not None and not keep():
+                    await data.truncate(offset)
+                    end = offset
+                if self.fsync:
+                    await asyncio.to_thread(os.fdatasync, data.fileno())
+                if keep is not None:
+                    await aiofiles.os.remove(self._path(upload_id, ".pending"))
+        return end
+
+    async def update(self, upload_id: str, **changes: object) -> UploadInfo:
+        unknown = set(changes) - _INFO_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        return await asyncio.to_thread(self._update_sync, upload_id, changes)
+
+    def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
+        record = json.loads(self._path(upload_id, ".info").read_bytes())
+        record.update({k: (str(v) if isinstance(v, UploadState) else v)
+                       for k, v in changes.items()})
+        self._write_info_sync(upload_id, record)
+        return self._info_sync(upload_id)
+
+    async def list_ids(self) -> AsyncIterator[str]:
+        names = await asyncio.to_thread(os.listdir, self.root)
+        for name in names:
+            if name.endswith(".info"):
+                yield name.removesuffix(".info")
+
+    # -- capabilities --------------------------------------------------------------------
+
+    async def terminate(self, upload_id: str, state: UploadState) -> None:
+        await asyncio.to_thread(self._terminate_sync, upload_id, state)
+
+    def _terminate_sync(self, upload_id: str, state: UploadState) -> None:
+        record = json.loads(self._path(upload_id, ".info").read_bytes())
+        record["state"] = str(state)
+        self._write_info_sync(upload_id, record)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.data_path(upload_id))
+
+    async def forget(self, upload_id: str) -> None:
+        for suffix in (".info", ".bin", ".pending"):
+            with contextlib.suppress(FileNotFoundError):
+                await aiofiles.os.remove(self._path(upload_id, suffix))
+
+    async def concatenate(self, new: NewUpload, parts: Sequence[UploadInfo]) -> UploadInfo:
+        return await asyncio.to_thread(self._concatenate_sync, new, parts)
+
+    def _concatenate_sync(self, new: NewUpload, parts: Sequence[UploadInfo]) -> UploadInfo:
+        scratch = self._path(new.id, ".concat")
+        with open(scratch, "xb") as out:
+            for part in parts:
+                with open(self.data_path(part.id), "rb") as source:
+                    _copy_range(source.fileno(), out.fileno(), part.offset)
+            self._sync_file(out.fileno())
+        os.replace(scratch, self.data_path(new.id))
+        self._write_info_sync(new.id, _new_record(new))
+        return self._info_sync(new.id)
+
+    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        async with aiofiles.open(self.data_path(upload_id), "rb", buffering=0) as data:
+            await data.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = await data.read(min(READ_CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _write_info_sync(self, upload_id: str, record: dict[str, Any]) -> None:
+        self._write_atomic(self._path(upload_id, ".info"), json.dumps(record).encode())
+
+    def _write_atomic(self, path: Path, payload: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as out:
+            out.write(payload)
+            self._sync_file(out.fileno())
+        os.replace(tmp, path)
+        if self.fsync:  # the rename itself must survive a power cut
+            dir_fd = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _sync_file(self, fd: int) -> None:
+        if self.fsync:
+            os.fdatasync(fd)
+
+
+async def _write_all(data: Any, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        written = await data.write(view)
+        view = view[written:]
+
+
+def _copy_range(source: int, target: int, count: int) -> None:
+    """Copy `count` bytes in the kernel where it can (copy_file_range), else through memory."""
+    while count > 0:
+        try:
+            copied = os.copy_file_range(source, target, min(count, 1 << 30))
+        except OSError:
+            copied = os.write(target, os.read(source, min(count, READ_CHUNK)))
+        if copied == 0:
+            raise UploadError(ErrorKind.INTERNAL, "a partial upload is shorter than recorded")
+        count -= copied
+
+
+def _new_record(new: NewUpload) -> dict[str, Any]:
+    return {
+        "size": new.size,
+        "metadata": dict(new.metadata),
+        "created_at": datetime.now(UTC).isoformat(),
+        "state": str(UploadState.UPLOADING),
+        "concat": str(new.concat) if new.concat else None,
+        "parts": list(new.parts),
+        "sha256": None,
+        "error": None,
+    }
+
+
+def _info_from_record(upload_id: str, record: dict[str, Any], offset: int,
+                      mtime: float) -> UploadInfo:
+    concat = record.get("concat")
+    return UploadInfo(
+        id=upload_id,
+        size=record["size"],
+        offset=offset,
+        metadata=record.get("metadata") or {},
+        created_at=datetime.fromisoformat(record["created_at"]),
+        updated_at=datetime.fromtimestamp(mtime, UTC),
+        state=UploadState(record.get("state", "uploading")),
+        concat=ConcatRole(concat) if concat else None,
+        parts=tuple(record.get("parts") or ()),
+        sha256=record.get("sha256"),
+        error=record.get("error"),
+    )

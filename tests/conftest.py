@@ -1,0 +1,95 @@
+"""Shared fixtures: real `formforge serve` processes on loopback, on their own data dirs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 15.0
+
+
+@dataclass
+class ServerProcess:
+    """A `formforge serve` child process; `url` is what it printed on start."""
+
+    data_dir: Path
+    args: list[str]
+    env: dict[str, str]
+    cwd: Path
+    proc: subprocess.Popen[str] | None = None
+    url: str = ""
+    port: int = 0
+    output: list[str] = field(default_factory=list)
+
+    def start(self) -> ServerProcess:
+        port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "formforge", "serve", "--host", "127.0.0.1", *port_args,
+             "--data-dir", str(self.data_dir), *self.args],
+            cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if line.startswith("http://"):
+                self.url = line.strip().rstrip("/")
+                # Keep the port so a restart lands on the same address (clients keep URLs).
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+        self.kill()
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    @property
+    def files_url(self) -> str:
+        return self.url + "/files/"
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case, nothing gets a chance to clean up."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def restart(self) -> ServerProcess:
+        self.kill()
+        return self.start()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[object]:
+    """Factory: `start_server(args=[...], env={...})` starts a real server process."""
+    started: list[ServerProcess] = []
+
+    def start(args: list[str] | None = None, env: dict[str, str] | None = None,
+              data_dir: Path | None = None) -> ServerProcess:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FORMFORGE_")}
+        full_env.update(env or {})
+        server = ServerProcess(
+            data_dir=data_dir or tmp_path / "data", args=list(args or []), env=full_env,
+            cwd=tmp_path,
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.kill()
+        if server.proc and server.proc.stdout:
+            server.proc.stdout.close()
