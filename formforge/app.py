@@ -23,7 +23,7 @@ from formforge.stores.file import FileStore
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-ID_PATTERN = r"(?P<upload_id>[^/]+)"
+ID_PATTERN = r"(?P<upload_id>.+?)"  # invalid ids get a tus-style 404 from the handler
 
 
 @dataclass

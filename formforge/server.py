@@ -30,10 +30,10 @@ class Server:
 
     async def start(self) -> str:
         """Recover the store, bind, and return the URL clients use."""
+        server = self.settings.server
+        sockets = bind_sockets(server.port, server.host)  # first: a taken port starts nothing
         self.app = create_app(self.settings)
         await self.app.start()
-        server = self.settings.server
-        sockets = bind_sockets(server.port, server.host)
         self._http = HTTPServer(
             self.app.application,
             chunk_size=CHUNK_SIZE,

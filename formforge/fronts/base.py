@@ -37,10 +37,13 @@ class FrontHandler(RequestHandler):
         self.service = service
         self.public_url = public_url
         self.cors_origins = cors_origins
+        self.set_default_headers()  # Tornado first calls it before initialize()
 
     def set_default_headers(self) -> None:
+        """Also re-applied when an error clears the headers."""
+        origins = getattr(self, "cors_origins", ())
         origin = self.request.headers.get("Origin")
-        if origin and ("*" in self.cors_origins or origin in self.cors_origins):
+        if origin and ("*" in origins or origin in origins):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
             self.add_header("Vary", "Origin")

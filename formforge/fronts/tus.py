@@ -64,7 +64,6 @@ class TusHandler(FrontHandler):
         if self.request.method in ("OPTIONS", "GET"):
             return
         if self.request.headers.get("Tus-Resumable") != TUS_VERSION:
-            self.set_header("Tus-Version", TUS_VERSION)
             raise UploadError(ErrorKind.UNSUPPORTED_VERSION, "Tus-Resumable must be 1.0.0")
         upload_id = self.path_kwargs.get("upload_id")
         if self.request.method == "PATCH" and upload_id:
@@ -228,6 +227,8 @@ class TusHandler(FrontHandler):
     # -- helpers ---------------------------------------------------------------------------
 
     def render_error(self, error: UploadError) -> None:
+        if error.kind is ErrorKind.UNSUPPORTED_VERSION:
+            self.set_header("Tus-Version", TUS_VERSION)
         if error.kind is ErrorKind.RANGE_NOT_SATISFIABLE:
             self.set_header("Content-Range", f"bytes */{error.details.get('size', 0)}")
         if "offset" in error.details and error.kind is ErrorKind.OFFSET_MISMATCH:

@@ -1,0 +1,158 @@
+"""The `formforge` command line: `formforge serve` (and, later, `formforge upload`).
+
+This is the one module that touches `os.environ`: it hands it to
+`load_settings` together with the flags. Expected failures (a bad config, a
+port in use) are one line on standard error and an exit status, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+from formforge.config import ConfigError, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # bad flags or bad config: what argparse uses for bad usage too
+STOP_TIMEOUT_SECONDS = 8.0  # SIGTERM must end the process "within a few seconds"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class ServerLike(Protocol):
+    """What `serve` needs of `formforge.server.Server`."""
+
+    async def start(self) -> str: ...
+    async def stop(self) -> None: ...
+
+
+ServerFactory = Callable[[Settings], ServerLike]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one `formforge` command and returns its exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0), or bad usage (2) already reported by argparse
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    command: Callable[[argparse.Namespace], int] = args.command
+    return command(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="formforge", description="Resumable upload server.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    return parser
+
+
+# --- formforge serve -------------------------------------------------------------------
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the upload server",
+        description="Run the upload server. Flags override the environment (FORMFORGE_HOST, "
+        "FORMFORGE_PORT, FORMFORGE_DATA_DIR, FORMFORGE_CONFIG), which overrides the config file.",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one")
+    serve.add_argument("--data-dir", help="where uploads are stored (default ./data)")
+    serve.add_argument("--config", metavar="PATH", help="YAML config (default ./config.yaml)")
+    serve.set_defaults(command=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(
+            config_path=args.config,
+            environ=os.environ,
+            overrides={"host": args.host, "port": args.port, "data_dir": args.data_dir},
+        )
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging()
+    return asyncio.run(run_server(settings, _load_server_class()))
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
+
+
+def _load_server_class() -> ServerFactory:
+    # Imported late: the server pulls in tornado and socketio, which a config
+    # error, --help or (later) `formforge upload` do not need.
+    from formforge.server import Server
+
+    return Server
+
+
+async def run_server(settings: Settings, server_factory: ServerFactory) -> int:
+    """Serves until SIGTERM or SIGINT, then stops the server; returns the exit status.
+
+    Prints the URL as the one line on standard output once the server listens.
+    """
+    stop_requested = asyncio.Event()
+    _install_signal_handlers(stop_requested)
+    server = server_factory(settings)
+    try:
+        url = await server.start()
+    except OSError as error:
+        print(_start_error_line(settings, error), file=sys.stderr)
+        return EXIT_FAILURE
+    print(url, flush=True)
+    await stop_requested.wait()
+    await _stop(server)
+    return EXIT_OK
+
+
+def _start_error_line(settings: Settings, error: OSError) -> str:
+    if error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and not error.filename:
+        where = f"{settings.server.host}:{settings.server.port}"
+        return f"error: cannot listen on {where}: {error.strerror}"
+    return f"error: cannot start the server: {error}"
+
+
+def _install_signal_handlers(stop_requested: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum, stop_requested)
+
+
+def _on_signal(signum: int, stop_requested: asyncio.Event) -> None:
+    name = signal.Signals(signum).name
+    if not stop_requested.is_set():
+        logger.info("stopping signal=%s", name)
+        stop_requested.set()
+        return
+    # The operator asked twice: stop waiting for a clean stop.
+    logger.warning("second signal, exiting now signal=%s", name)
+    _force_exit()
+
+
+def _force_exit() -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
+
+
+async def _stop(server: ServerLike) -> None:
+    try:
+        await asyncio.wait_for(server.stop(), STOP_TIMEOUT_SECONDS)
+    except TimeoutError:
+        # Bytes already written are in the files; what is lost is only the tidy-up.
+        logger.warning("stop timed out, exiting anyway timeout_seconds=%s", STOP_TIMEOUT_SECONDS)

@@ -1,0 +1,380 @@
+"""Typed settings, built in one place: built-in defaults < YAML file < environment < flags.
+
+Nothing else in FormForge reads YAML or the environment: `formforge.cli` hands
+`os.environ` and the parsed flags to `load_settings`, and every other module gets
+the resulting immutable `Settings`. Attribute names are exactly the YAML keys of
+the repository's `config.yaml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from operator import attrgetter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+from yaml.constructor import ConstructorError
+from yaml.resolver import BaseResolver
+
+DEFAULT_CONFIG_FILE = Path("config.yaml")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `str()` is one line naming the key and its source.
+
+    `source` is where the bad value came from: the config file's path as given,
+    or e.g. `environment variable FORMFORGE_PORT` / `flag --port`.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.source = source
+        self.key = key
+        super().__init__(self._line())
+
+    def _line(self) -> str:
+        where = f"config error in {self.source}" if self.source else "config error"
+        what = f"{self.key}: {self.message}" if self.key else self.message
+        # One line whatever the path or the YAML parser's message contains.
+        return f"{where}: {what}".replace("\n", " ")
+
+
+# --- value types -------------------------------------------------------------------
+
+
+def _list_as_tuple(value: object) -> object:
+    """YAML gives lists; settings hold tuples so that a frozen Settings is immutable all through."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, tuple):
+        return value
+    raise PydanticCustomError("list_type", "Input should be a valid list")
+
+
+def _tokens_source(value: object) -> object:
+    """auth.bearer_tokens is a list of tokens, a path to a file of tokens, or null."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(token, str) for token in value):
+        return tuple(value)
+    raise PydanticCustomError(
+        "tokens_type", "Input should be a list of tokens, a path to a file of tokens, or null"
+    )
+
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Strings = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
+ChecksumAlgorithm = Literal["sha1", "md5", "sha256", "crc32"]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
+
+
+class _Section(BaseModel):
+    # strict: "yes", "60" or 1 are not silently taken for a bool, a number or a string.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HookTarget(_Section):
+    """Exactly one of: an HTTP endpoint, a command line, or a Python callable."""
+
+    http: HttpUrl | None = None
+    command: Annotated[str, Field(min_length=1)] | None = None
+    python: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HookTarget:
+        given = [name for name in ("http", "command", "python") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "hook_target", "a hook target has exactly one of the keys http, command, python"
+            )
+        return self
+
+
+HookTargets = Annotated[tuple[HookTarget, ...], BeforeValidator(_list_as_tuple)]
+
+
+# --- sections ----------------------------------------------------------------------
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 3000  # 0: the OS picks a free port
+    public_url: HttpUrl | None = None
+    cors_origins: Strings = ("*",)
+    idle_timeout_seconds: Seconds = 60.0
+
+
+class StorageSettings(_Section):
+    backend: str = "file"
+    # Lax for this one field: a path is written as a string in YAML and flags.
+    path: Annotated[Path, Field(strict=False)] = Path("data")
+    fsync: bool = True
+
+
+class LimitsSettings(_Section):
+    max_size: PositiveInt = 107374182400
+    max_metadata_bytes: PositiveInt = 16384
+    bandwidth_per_upload: PositiveInt | None = None
+    bandwidth_total: PositiveInt | None = None
+    max_concurrent_uploads: PositiveInt | None = None
+
+
+class ExpirationSettings(_Section):
+    unfinished_ttl_seconds: Seconds = 86400.0
+    sweep_interval_seconds: Seconds = 60.0
+
+
+class ChecksumSettings(_Section):
+    algorithms: Annotated[tuple[ChecksumAlgorithm, ...], BeforeValidator(_list_as_tuple)] = (
+        "sha1",
+        "md5",
+        "sha256",
+        "crc32",
+    )
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> ChecksumSettings:
+        if len(set(self.algorithms)) != len(self.algorithms):
+            raise PydanticCustomError("duplicate", "an algorithm is listed twice")
+        return self
+
+
+class EventsSettings(_Section):
+    progress_interval_ms: Annotated[int, Field(ge=0)] = 250
+
+
+class HooksSettings(_Section):
+    timeout_seconds: Seconds = 10.0
+    pre_create: HookTargets = ()
+    post_finish: HookTargets = ()
+    post_terminate: HookTargets = ()
+
+
+class AuthSettings(_Section):
+    bearer_tokens: Annotated[tuple[str, ...] | str | None, BeforeValidator(_tokens_source)] = None
+
+
+class ClusterSettings(_Section):
+    redis_url: str | None = None
+
+
+class FileSettings(_Section):
+    """Exactly what a config file may contain: one key per section."""
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    limits: LimitsSettings = LimitsSettings()
+    expiration: ExpirationSettings = ExpirationSettings()
+    checksum: ChecksumSettings = ChecksumSettings()
+    events: EventsSettings = EventsSettings()
+    hooks: HooksSettings = HooksSettings()
+    auth: AuthSettings = AuthSettings()
+    cluster: ClusterSettings = ClusterSettings()
+
+
+class Settings(FileSettings):
+    """The whole, validated, immutable configuration; `Settings()` is the built-in defaults.
+
+    `config_file` is the file the values were read from (None: no file); it is
+    not a key a config file may set.
+    """
+
+    config_file: Path | None = None
+
+
+# --- features designed but not built yet -----------------------------------------------
+
+# key -> the only value accepted until the feature lands; delete its row when it does.
+_NOT_SUPPORTED_YET: Mapping[str, object] = {
+    "storage.backend": "file",
+    "limits.bandwidth_per_upload": None,
+    "limits.bandwidth_total": None,
+    "limits.max_concurrent_uploads": None,
+    "hooks.pre_create": (),
+    "hooks.post_finish": (),
+    "hooks.post_terminate": (),
+    "auth.bearer_tokens": None,
+    "cluster.redis_url": None,
+}
+
+
+def _refuse_unsupported(settings: FileSettings, source: str | None) -> None:
+    for key, only_value in _NOT_SUPPORTED_YET.items():
+        if attrgetter(key)(settings) != only_value:
+            raise ConfigError("not supported yet", source=source, key=key)
+
+
+# --- the YAML file -------------------------------------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if not isinstance(key, str):
+            continue  # anything else is left to SafeLoader and then to validation
+        if key in seen:
+            raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_YamlLoader.add_constructor(BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error_message(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping; an empty file is an empty mapping."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read file: {error.strerror or error}", source=source) from None
+    except UnicodeDecodeError:
+        raise ConfigError("cannot read file: not UTF-8 text", source=source) from None
+    try:
+        data = yaml.load(text, Loader=_YamlLoader)  # safe: _YamlLoader is a SafeLoader
+    except yaml.YAMLError as error:
+        raise ConfigError(_yaml_error_message(error), source=source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of sections", source=source)
+    # A section whose keys are all commented out reads as null: take it as "all defaults".
+    return {key: {} if value is None else value for key, value in data.items()}
+
+
+def _choose_file(config_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """--config, else FORMFORGE_CONFIG, else ./config.yaml if it exists, else no file."""
+    named = config_path or environ.get("FORMFORGE_CONFIG")
+    if named:
+        return Path(named)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+
+
+# --- environment and flags -------------------------------------------------------------
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+
+
+@dataclass(frozen=True)
+class _Override:
+    """One setting that an environment variable and a flag can set."""
+
+    key: str  # dotted settings key
+    env: str
+    flag: str  # key in `overrides`; the command line spells it --flag-name
+    parse_env: Callable[[str], object]
+
+
+_OVERRIDES = (
+    _Override("server.host", "FORMFORGE_HOST", "host", str),
+    _Override("server.port", "FORMFORGE_PORT", "port", _parse_int),
+    _Override("storage.path", "FORMFORGE_DATA_DIR", "data_dir", str),
+)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: object) -> None:
+    section, name = key.split(".")
+    current = data.get(section)
+    # A non-mapping section is left alone so that validation reports it against the file.
+    if current is None:
+        data[section] = {name: value}
+    elif isinstance(current, dict):
+        data[section] = {**current, name: value}
+
+
+def _apply_overrides(
+    data: dict[str, Any], environ: Mapping[str, str], overrides: Mapping[str, object]
+) -> dict[str, str]:
+    """Lays environment, then flags, over the file's data; returns key -> source of its value."""
+    unknown = set(overrides) - {override.flag for override in _OVERRIDES}
+    if unknown:
+        raise ValueError(f"unknown override keys: {sorted(unknown)}")  # a caller's bug
+    origins: dict[str, str] = {}
+    for override in _OVERRIDES:
+        text = environ.get(override.env)
+        if text:  # an empty variable counts as unset, as shells make that easy to do by accident
+            origin = f"environment variable {override.env}"
+            try:
+                _set_dotted(data, override.key, override.parse_env(text))
+            except ValueError as error:
+                raise ConfigError(str(error), source=origin) from None
+            origins[override.key] = origin
+        flag_value = overrides.get(override.flag)
+        if flag_value is not None:
+            _set_dotted(data, override.key, flag_value)
+            origins[override.key] = "flag --" + override.flag.replace("_", "-")
+    return origins
+
+
+# --- putting it together ----------------------------------------------------------------
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+# Pydantic's wording for these speaks of Python, not of a config file.
+_PLAIN_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "model_type": "Input should be a mapping",
+}
+
+
+def _validation_error(
+    error: ValidationError, file_source: str | None, origins: Mapping[str, str]
+) -> ConfigError:
+    first = error.errors()[0]
+    key = _dotted(first["loc"])
+    message = _PLAIN_MESSAGES.get(first["type"], first["msg"])
+    if error.error_count() > 1:
+        message += f" (and {error.error_count() - 1} more)"
+    return ConfigError(message, source=origins.get(key, file_source), key=key or None)
+
+
+def load_settings(
+    *, config_path: str | None, environ: Mapping[str, str], overrides: Mapping[str, object]
+) -> Settings:
+    """Builds the settings: built-in defaults < YAML file < environment < flags.
+
+    `config_path` is --config (None: not given); `environ` the process environment;
+    `overrides` the flags "host", "port", "data_dir" (None: not given). Raises
+    ConfigError for anything unusable: a missing or unreadable file, broken YAML,
+    an unknown key, a wrong type or range, a bad environment value, or a feature
+    that is not supported yet. Reads the file system but writes nothing.
+    """
+    path = _choose_file(config_path, environ)
+    file_source = str(path) if path else None
+    data = _read_file(path) if path else {}
+    origins = _apply_overrides(data, environ, overrides)
+    try:
+        sections = FileSettings.model_validate(data)
+    except ValidationError as error:
+        raise _validation_error(error, file_source, origins) from None
+    _refuse_unsupported(sections, file_source)
+    return Settings(**dict(sections), config_file=path)
