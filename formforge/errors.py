@@ -27,8 +27,8 @@ class ErrorKind(enum.Enum):
     BAD_REQUEST = ("bad-request", 400, False)
     INVALID_METADATA = ("invalid-metadata", 400, False)
     CHECKSUM_UNSUPPORTED = ("checksum-unsupported", 400, False)
-    FINAL_UPLOAD = ("final-upload", 403, False)
-    METHOD_NOT_ALLOWED = ("method-not-allowed", 405, False)  # tus: PATCH on a concatenated final upload
+    FINAL_UPLOAD = ("final-upload", 403, False)  # tus: PATCH on a concatenated final upload
+    METHOD_NOT_ALLOWED = ("method-not-allowed", 405, False)
     NOT_FOUND = ("not-found", 404, False)
     INCOMPLETE = ("upload-incomplete", 409, False)  # GET of an unfinished upload
     EXPIRED = ("expired", 410, False)

@@ -31,8 +31,8 @@ from formforge.ids import is_valid_upload_id, new_upload_id
 from formforge.locks import Lock, Locker
 from formforge.metadata import encode_metadata
 from formforge.stores.base import (
-    ConcatRole,
     Concatenator,
+    ConcatRole,
     NewUpload,
     Reader,
     Store,
@@ -157,7 +157,8 @@ class UploadService:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def start_write(self, request: WriteRequest, body: BodyStream) -> asyncio.Task[UploadInfo]:
+    async def start_write(self, request: WriteRequest,
+                          body: BodyStream) -> asyncio.Task[UploadInfo]:
         """Lock and validate, then stream `body` into the store in a task of its own.
 
         Errors found before any byte is read (404, 409, 423, 403, 413...) raise here; the

@@ -14,7 +14,6 @@ import pytest
 from tornado.web import Application
 
 from formforge.errors import UploadError
-
 from tests.tus_helpers import OFFSET_TYPE, Tus, b64, digest, make_app, path_of, tus_client
 
 ALL_EXTENSIONS = {"creation", "creation-with-upload", "creation-defer-length", "expiration",

@@ -12,6 +12,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlparse
 
+from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from formforge.body import BodyEnd, BodyStream
@@ -88,7 +89,7 @@ class TusHandler(FrontHandler):
                                checksum)
         self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
         self.write_task = await self.service.start_write(request, self.body)
-        self.request.connection.set_max_body_size(self.service.limits.max_size)
+        self._connection().set_max_body_size(self.service.limits.max_size)
 
     # -- creation --------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class TusHandler(FrontHandler):
 
     def _drop_connection(self, reason: BodyEnd) -> None:
         """A stalled body, or a newer request took over: nothing more to read here."""
-        self.request.connection.close()  # type: ignore[union-attr]
+        self._connection().close()
 
     async def _body_done(self) -> UploadInfo | None:
         if self.body is None or self.write_task is None:
@@ -235,6 +236,11 @@ class TusHandler(FrontHandler):
             self.set_header("Upload-Offset", str(error.details["offset"]))
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{error.message}\n")
+
+    def _connection(self) -> HTTP1Connection:
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)  # the only kind HTTPServer makes
+        return connection
 
     def _require_id(self, upload_id: str | None) -> str:
         if not upload_id:
