@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,9 +49,27 @@ class ServerProcess:
                 self.url = line.strip().rstrip("/")
                 # Keep the port so a restart lands on the same address (clients keep URLs).
                 self.port = int(self.url.rsplit(":", 1)[1])
+                self._drain_output()
                 return self
         self.kill()
         raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def _drain_output(self) -> None:
+        """Keep reading the log pipe so a chatty server can never block on a full pipe."""
+        assert self.proc is not None and self.proc.stdout is not None
+        stream = self.proc.stdout
+
+        def pump() -> None:
+            try:
+                for line in stream:
+                    self.output.append(line)
+            except (OSError, ValueError):  # closed by the fixture's teardown
+                pass
+
+        threading.Thread(target=pump, name="server-output", daemon=True).start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "--- server output (tail) ---\n" + "".join(self.output[-lines:])
 
     @property
     def files_url(self) -> str:

@@ -270,7 +270,7 @@ async def test_termination_removes_the_upload(tus: Tus, formforge: Any) -> None:
 # -- concatenation -----------------------------------------------------------------------
 
 @pytest.mark.gen_test
-async def test_concatenation_joins_partials_in_order(tus: Tus) -> None:
+async def test_concatenation_joins_partials_in_order(tus: Tus, base_url: str) -> None:
     parts = []
     for text in (b"hello ", b"tus ", b"world"):
         path = await create(tus, len(text), **{"Upload-Concat": "partial"})
@@ -280,7 +280,8 @@ async def test_concatenation_joins_partials_in_order(tus: Tus) -> None:
     final = await tus("POST", "/files/", {"Upload-Concat": "final;" + " ".join(parts)})
     assert final.code == 201
     head = await tus("HEAD", path_of(final))
-    assert head.headers["Upload-Concat"] == "final;" + " ".join(parts)
+    # tus: the parts' URLs in the order given (absolute, whatever form the client sent)
+    assert head.headers["Upload-Concat"] == "final;" + " ".join(base_url + p for p in parts)
     assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "15"
     assert (await tus("GET", path_of(final))).body == b"hello tus world"
 

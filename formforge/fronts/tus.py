@@ -189,7 +189,8 @@ class TusHandler(FrontHandler):
             self.set_header("Upload-Concat", "partial")
         elif info.concat is ConcatRole.FINAL:
             self.set_header("Upload-Concat",
-                            "final;" + " ".join(f"/files/{part}" for part in info.parts))
+                            "final;" + " ".join(f"{self.base_url()}/files/{part}"
+                                                for part in info.parts))
         self._set_expires(info)
         self.set_status(200)
 
