@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import socketio
 from tornado.web import Application, RedirectHandler, StaticFileHandler
 
 from formforge.config import Settings
 from formforge.events import EventBus
+from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, MetricsHandler
 from formforge.fronts.tus import TusHandler
 from formforge.locks import MemoryLocker
 from formforge.metrics import Metrics
+from formforge.realtime import RealtimeBridge, UploadNamespace, create_socketio
 from formforge.service import Limits, UploadService
 from formforge.stores.file import FileStore
 
@@ -34,10 +37,14 @@ class FormForgeApp:
     application: Application
     service: UploadService
     metrics: Metrics
+    sio: socketio.AsyncServer
     _sweeper: asyncio.Task[None] | None = field(default=None)
 
     async def start(self) -> None:
         await self.service.store.recover()
+        resumed = await self.service.resume_processing()
+        if resumed:
+            log.info("processing resumed uploads=%d", resumed)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -59,20 +66,31 @@ class FormForgeApp:
                 log.exception("sweep failed")
 
 
-def create_app(settings: Settings) -> FormForgeApp:
+def create_app(settings: Settings, self_url: str | None = None) -> FormForgeApp:
+    """Wire everything. `self_url` is where the server listens, for absolute URLs in events
+    when no `server.public_url` is configured."""
     bus = EventBus()
     metrics = Metrics()
     bus.subscribe(metrics.on_event)
     store = FileStore(Path(settings.storage.path), fsync=settings.storage.fsync)
     service = UploadService(store, MemoryLocker(), bus, _limits(settings))
+    public_url = str(settings.server.public_url).rstrip("/") if settings.server.public_url else None
+    cors_origins = tuple(settings.server.cors_origins)
+    sio = create_socketio(cors_origins)
+    sio.register_namespace(UploadNamespace(service))
+    base = public_url or self_url or f"http://{settings.server.host}:{settings.server.port}"
+    bus.subscribe(RealtimeBridge(sio, lambda upload_id: f"{base}/files/{upload_id}").on_event)
     front: dict[str, Any] = {
         "service": service,
-        "public_url": str(settings.server.public_url) if settings.server.public_url else None,
-        "cors_origins": tuple(settings.server.cors_origins),
+        "public_url": public_url,
+        "cors_origins": cors_origins,
     }
     routes: list[Any] = [
         (r"/files/?", TusHandler, front),
         (rf"/files/{ID_PATTERN}/?", TusHandler, front),
+        (r"/api/files/upload/?", RestCreateHandler, front),
+        (rf"/api/files/upload/{ID_PATTERN}/?", RestUploadHandler, front),
+        (r"/socket.io/", socketio.get_tornado_handler(sio)),
         (r"/healthz", HealthHandler),
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/", RedirectHandler, {"url": "/static/index.html"}),
@@ -84,7 +102,7 @@ def create_app(settings: Settings) -> FormForgeApp:
         log_function=metrics.on_request,
         idle_timeout_seconds=settings.server.idle_timeout_seconds,
     )
-    return FormForgeApp(settings, application, service, metrics)
+    return FormForgeApp(settings, application, service, metrics, sio)
 
 
 def _limits(settings: Settings) -> Limits:

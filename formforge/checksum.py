@@ -55,8 +55,10 @@ def parse_upload_checksum(header: str, allowed: tuple[str, ...]) -> Checksum:
     """`Upload-Checksum: <algorithm> <base64 digest>` -> Checksum, or a 400."""
     algorithm, _, encoded = header.strip().partition(" ")
     if algorithm not in allowed:
-        raise UploadError(ErrorKind.CHECKSUM_UNSUPPORTED,
-                          f"checksum algorithm {algorithm[:32]!r} is not supported")
+        raise UploadError(
+            ErrorKind.CHECKSUM_UNSUPPORTED,
+            f"checksum algorithm {algorithm[:32]!r} is not supported",
+        )
     try:
         expected = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):

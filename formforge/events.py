@@ -60,8 +60,15 @@ class UploadExpired:
     upload_id: str
 
 
-Event = (UploadCreated | UploadProgress | BytesWritten | UploadFinished | UploadFailed
-         | UploadTerminated | UploadExpired)
+Event = (
+    UploadCreated
+    | UploadProgress
+    | BytesWritten
+    | UploadFinished
+    | UploadFailed
+    | UploadTerminated
+    | UploadExpired
+)
 Subscriber = Callable[[Event], None]
 
 

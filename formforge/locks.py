@@ -31,8 +31,9 @@ class Lock(ABC):
 
 class Locker(ABC):
     @abstractmethod
-    async def acquire(self, upload_id: str, release_request: ReleaseRequest, *,
-                      force: bool = False) -> Lock:
+    async def acquire(
+        self, upload_id: str, release_request: ReleaseRequest, *, force: bool = False
+    ) -> Lock:
         """Take the upload's lock, asking a current holder to let go.
 
         Raises `UploadError(UPLOAD_LOCKED)` if the holder refuses or has not let go within
@@ -61,20 +62,23 @@ class MemoryLocker(Locker):
         self._held: dict[str, _Held] = {}
         self._wait_seconds = wait_seconds
 
-    async def acquire(self, upload_id: str, release_request: ReleaseRequest, *,
-                      force: bool = False) -> Lock:
+    async def acquire(
+        self, upload_id: str, release_request: ReleaseRequest, *, force: bool = False
+    ) -> Lock:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_seconds
         while (current := self._held.get(upload_id)) is not None:
             remaining = deadline - loop.time()
             if remaining <= 0 or not current.release_request(force):
-                raise UploadError(ErrorKind.UPLOAD_LOCKED,
-                                  "another request is still writing to this upload")
+                raise UploadError(
+                    ErrorKind.UPLOAD_LOCKED, "another request is still writing to this upload"
+                )
             try:
                 await asyncio.wait_for(current.released.wait(), remaining)
             except TimeoutError:
-                raise UploadError(ErrorKind.UPLOAD_LOCKED,
-                                  "the previous request did not let go in time") from None
+                raise UploadError(
+                    ErrorKind.UPLOAD_LOCKED, "the previous request did not let go in time"
+                ) from None
         held = _Held(release_request)
         self._held[upload_id] = held
         return _MemoryLock(self, upload_id, held)

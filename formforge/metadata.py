@@ -16,8 +16,9 @@ _KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma
 
 def parse_metadata(header: str, max_bytes: int) -> dict[str, str]:
     if len(header.encode()) > max_bytes:
-        raise UploadError(ErrorKind.INVALID_METADATA,
-                          f"Upload-Metadata is longer than {max_bytes} bytes")
+        raise UploadError(
+            ErrorKind.INVALID_METADATA, f"Upload-Metadata is longer than {max_bytes} bytes"
+        )
     metadata: dict[str, str] = {}
     if not header.strip():
         return metadata
@@ -31,13 +32,19 @@ def parse_metadata(header: str, max_bytes: int) -> dict[str, str]:
 
 def _parse_pair(pair: str) -> tuple[str, str]:
     key, _, encoded = pair.partition(" ")
-    if not _KEY.fullmatch(key):
-        raise UploadError(ErrorKind.INVALID_METADATA, "a metadata key is empty or malformed")
+    check_key(key)
     try:
         return key, base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
-        raise UploadError(ErrorKind.INVALID_METADATA,
-                          f"metadata value of {key!r} is not base64 of UTF-8 text") from None
+        raise UploadError(
+            ErrorKind.INVALID_METADATA, f"metadata value of {key!r} is not base64 of UTF-8 text"
+        ) from None
+
+
+def check_key(key: str) -> None:
+    """Keys from any front must survive the tus encoding, so both fronts share this rule."""
+    if not _KEY.fullmatch(key):
+        raise UploadError(ErrorKind.INVALID_METADATA, "a metadata key is empty or malformed")
 
 
 def encode_metadata(metadata: Mapping[str, str]) -> str:

@@ -20,18 +20,27 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("formforge_http_requests", "HTTP requests answered",
-                                ["method", "status"], registry=self.registry)
-        self.bytes_received = Counter("formforge_bytes_received", "Upload bytes stored",
-                                      registry=self.registry)
-        self.created = Counter("formforge_uploads_created", "Uploads created",
-                               registry=self.registry)
-        self.finished = Counter("formforge_uploads_finished", "Uploads finished",
-                                registry=self.registry)
-        self.terminated = Counter("formforge_uploads_terminated", "Uploads terminated",
-                                  registry=self.registry)
-        self.errors = Counter("formforge_upload_errors", "Upload errors by code", ["code"],
-                              registry=self.registry)
+        self.requests = Counter(
+            "formforge_http_requests",
+            "HTTP requests answered",
+            ["method", "status"],
+            registry=self.registry,
+        )
+        self.bytes_received = Counter(
+            "formforge_bytes_received", "Upload bytes stored", registry=self.registry
+        )
+        self.created = Counter(
+            "formforge_uploads_created", "Uploads created", registry=self.registry
+        )
+        self.finished = Counter(
+            "formforge_uploads_finished", "Uploads finished", registry=self.registry
+        )
+        self.terminated = Counter(
+            "formforge_uploads_terminated", "Uploads terminated", registry=self.registry
+        )
+        self.errors = Counter(
+            "formforge_upload_errors", "Upload errors by code", ["code"], registry=self.registry
+        )
 
     def on_event(self, event: Event) -> None:
         match event:

@@ -32,7 +32,10 @@ class Server:
         """Recover the store, bind, and return the URL clients use."""
         server = self.settings.server
         sockets = bind_sockets(server.port, server.host)  # first: a taken port starts nothing
-        self.app = create_app(self.settings)
+        port = sockets[0].getsockname()[1]
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        url = f"http://{host}:{port}"
+        self.app = create_app(self.settings, self_url=url)
         await self.app.start()
         self._http = HTTPServer(
             self.app.application,
@@ -41,9 +44,6 @@ class Server:
             idle_connection_timeout=server.idle_timeout_seconds,
         )
         self._http.add_sockets(sockets)
-        port = sockets[0].getsockname()[1]
-        host = f"[{server.host}]" if ":" in server.host else server.host
-        url = f"http://{host}:{port}"
         log.info("listening url=%s data_dir=%s", url, self.settings.storage.path)
         return url
 

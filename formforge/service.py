@@ -7,11 +7,13 @@ publishes events. It imports neither tornado nor socketio.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from formforge.body import BodyEnd, BodyStream
 from formforge.checksum import Checksum
@@ -29,7 +31,7 @@ from formforge.events import (
 )
 from formforge.ids import is_valid_upload_id, new_upload_id
 from formforge.locks import Lock, Locker
-from formforge.metadata import encode_metadata
+from formforge.metadata import check_key, encode_metadata
 from formforge.stores.base import (
     Concatenator,
     ConcatRole,
@@ -74,6 +76,7 @@ class UploadService:
         self.limits = limits
         self._writes: set[asyncio.Task[UploadInfo]] = set()
         self._bodies: set[BodyStream] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
 
     # -- what this store can do ----------------------------------------------------------
@@ -108,19 +111,31 @@ class UploadService:
         expires = self.expires_at(info)
         return expires is not None and expires <= datetime.now(UTC)
 
+    async def status(self, upload_id: str) -> UploadInfo:
+        """Like `get`, but an expired upload is a state to report, not an error."""
+        try:
+            return await self.get(upload_id)
+        except UploadError as error:
+            if error.kind is not ErrorKind.EXPIRED:
+                raise
+        info = await self.store.get_info(upload_id)
+        return replace(info, state=UploadState.EXPIRED)
+
     async def open_download(self, upload_id: str) -> tuple[UploadInfo, Reader]:
         info = await self.get(upload_id)
         if not info.is_complete:
-            raise UploadError(ErrorKind.INCOMPLETE, "the upload is not complete yet",
-                              offset=info.offset)
+            raise UploadError(
+                ErrorKind.INCOMPLETE, "the upload is not complete yet", offset=info.offset
+            )
         if not isinstance(self.store, Reader):
             raise UploadError(ErrorKind.NOT_FOUND, "this store cannot serve downloads")
         return info, self.store
 
     # -- creating --------------------------------------------------------------------------
 
-    async def create(self, size: int | None, metadata: dict[str, str],
-                     concat: ConcatRole | None = None) -> UploadInfo:
+    async def create(
+        self, size: int | None, metadata: dict[str, str], concat: ConcatRole | None = None
+    ) -> UploadInfo:
         self._check_accepting()
         self._check_size(size)
         self._check_metadata(metadata)
@@ -148,17 +163,20 @@ class UploadService:
         try:
             part = await self.get(part_id)
         except UploadError as error:
-            raise UploadError(ErrorKind.BAD_REQUEST,
-                              f"partial upload {part_id[:64]!r}: {error.message}") from None
+            raise UploadError(
+                ErrorKind.BAD_REQUEST, f"partial upload {part_id[:64]!r}: {error.message}"
+            ) from None
         if part.concat is not ConcatRole.PARTIAL or not part.is_complete:
-            raise UploadError(ErrorKind.BAD_REQUEST,
-                              f"{part_id!r} is not a complete partial upload")
+            raise UploadError(
+                ErrorKind.BAD_REQUEST, f"{part_id!r} is not a complete partial upload"
+            )
         return part
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def start_write(self, request: WriteRequest,
-                          body: BodyStream) -> asyncio.Task[UploadInfo]:
+    async def start_write(
+        self, request: WriteRequest, body: BodyStream
+    ) -> asyncio.Task[UploadInfo]:
         """Lock and validate, then stream `body` into the store in a task of its own.
 
         Errors found before any byte is read (404, 409, 423, 403, 413...) raise here; the
@@ -187,13 +205,18 @@ class UploadService:
         if info.concat is ConcatRole.FINAL:
             raise UploadError(ErrorKind.FINAL_UPLOAD, "a final upload cannot be patched")
         if request.offset != info.offset:
-            raise UploadError(ErrorKind.OFFSET_MISMATCH,
-                              f"Upload-Offset {request.offset} is not the upload's offset "
-                              f"{info.offset}", offset=info.offset)
+            raise UploadError(
+                ErrorKind.OFFSET_MISMATCH,
+                f"Upload-Offset {request.offset} is not the upload's offset {info.offset}",
+                offset=info.offset,
+            )
         if request.length is not None:
             info = await self._declare_length(info, request.length)
-        if (info.size is not None and request.content_length is not None
-                and info.offset + request.content_length > info.size):
+        if (
+            info.size is not None
+            and request.content_length is not None
+            and info.offset + request.content_length > info.size
+        ):
             raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past Upload-Length")
         return info
 
@@ -207,19 +230,22 @@ class UploadService:
             raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Length is below the offset")
         return await self.store.update(info.id, size=length)
 
-    async def _write(self, info: UploadInfo, request: WriteRequest, body: BodyStream,
-                     lock: Lock) -> UploadInfo:
+    async def _write(
+        self, info: UploadInfo, request: WriteRequest, body: BodyStream, lock: Lock
+    ) -> UploadInfo:
         try:
             return await self._write_locked(info, request.checksum, body)
         except UploadError as error:
-            self._publish_failure(info.id, error.kind, error.message,
-                                  error.details.get("offset", info.offset))
+            self._publish_failure(
+                info.id, error.kind, error.message, error.details.get("offset", info.offset)
+            )
             raise
         finally:
             await lock.release()
 
-    async def _write_locked(self, info: UploadInfo, checksum: Checksum | None,
-                            body: BodyStream) -> UploadInfo:
+    async def _write_locked(
+        self, info: UploadInfo, checksum: Checksum | None, body: BodyStream
+    ) -> UploadInfo:
         start = time.monotonic()
         keep = None
         if checksum is not None:
@@ -232,17 +258,21 @@ class UploadService:
         ended = body.end.value if body.end else "error"
         log.info("wrote upload_id=%s from=%d to=%d body=%s", info.id, info.offset, end, ended)
         if body.end is not BodyEnd.COMPLETE:
-            raise UploadError(ErrorKind.CONNECTION_LOST, f"the request body was {ended}",
-                              offset=end)
+            raise UploadError(
+                ErrorKind.CONNECTION_LOST, f"the request body was {ended}", offset=end
+            )
         if checksum is not None and not checksum.matches():
-            raise UploadError(ErrorKind.CHECKSUM_MISMATCH,
-                              f"the body does not match its {checksum.algorithm} checksum",
-                              offset=end)
+            raise UploadError(
+                ErrorKind.CHECKSUM_MISMATCH,
+                f"the body does not match its {checksum.algorithm} checksum",
+                offset=end,
+            )
         latest = await self.store.get_info(info.id)
         return await self._finish(latest) if latest.is_complete else latest
 
-    async def _chunks(self, info: UploadInfo, body: BodyStream, checksum: Checksum | None,
-                      start: float) -> AsyncIterator[bytes]:
+    async def _chunks(
+        self, info: UploadInfo, body: BodyStream, checksum: Checksum | None, start: float
+    ) -> AsyncIterator[bytes]:
         """The body as the store pulls it: checked against the size, hashed, reported."""
         offset, limit = info.offset, info.size
         throttle = ProgressThrottle(self.limits.progress_interval_seconds, start)
@@ -257,14 +287,61 @@ class UploadService:
                 self._publish_progress(info.id, offset, limit, offset - info.offset, start)
 
     async def _finish(self, info: UploadInfo) -> UploadInfo:
-        """The upload has all its bytes. Partial uploads are only parts: no event of their own."""
+        """The upload has all its bytes: process it in the background (lock already free).
+
+        Partial uploads are only parts of a final one: complete at once, no event of their own.
+        """
         if info.state is not UploadState.UPLOADING:
             return info
-        info = await self.store.update(info.id, state=UploadState.COMPLETE)
-        if info.concat is not ConcatRole.PARTIAL:
-            self.bus.publish(UploadFinished(info))
-        log.info("finished upload_id=%s size=%s", info.id, info.size)
+        if info.concat is ConcatRole.PARTIAL:
+            return await self.store.update(info.id, state=UploadState.COMPLETE)
+        info = await self.store.update(info.id, state=UploadState.PROCESSING)
+        self._spawn(self._process(info))
         return info
+
+    async def _process(self, info: UploadInfo) -> None:
+        """Processing: the whole-file sha256 (then, later, post-finish hooks)."""
+        try:
+            sha256 = await self._sha256(info)
+            if (await self.store.get_info(info.id)).is_gone:
+                return  # terminated while it was being processed
+            done = await self.store.update(info.id, state=UploadState.COMPLETE, sha256=sha256)
+        except Exception as error:
+            log.exception("processing failed upload_id=%s", info.id)
+            await self.store.update(info.id, state=UploadState.ERROR, error=str(error))
+            self._publish_failure(
+                info.id, ErrorKind.PROCESSING_FAILED, "processing the upload failed", info.offset
+            )
+            return
+        self.bus.publish(UploadFinished(done))
+        log.info("finished upload_id=%s size=%s sha256=%s", info.id, info.size, sha256)
+
+    async def _sha256(self, info: UploadInfo) -> str:
+        if not isinstance(self.store, Reader):
+            raise UploadError(ErrorKind.INTERNAL, "this store cannot read uploads back")
+        hasher = hashlib.sha256()
+        async for chunk in self.store.read(info.id, 0, info.offset):
+            await asyncio.to_thread(hasher.update, chunk)  # hashlib lets go of the GIL
+        return hasher.hexdigest()
+
+    async def resume_processing(self) -> int:
+        """At start-up: process again what a crash or a stop interrupted."""
+        resumed = 0
+        async for upload_id in self.store.list_ids():
+            info = await self.store.get_info(upload_id)
+            if info.state is UploadState.PROCESSING or (
+                info.state is UploadState.UPLOADING and info.is_complete
+            ):
+                if info.state is UploadState.PROCESSING:
+                    info = await self.store.update(upload_id, state=UploadState.UPLOADING)
+                await self._finish(info)
+                resumed += 1
+        return resumed
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- terminating and expiring ----------------------------------------------------------
 
@@ -279,6 +356,7 @@ class UploadService:
         finally:
             await lock.release()
         self.bus.publish(UploadTerminated(upload_id))
+        self._publish_failure(upload_id, ErrorKind.TERMINATED, "the upload was terminated", 0)
         log.info("terminated upload_id=%s", upload_id)
 
     async def sweep(self) -> int:
@@ -320,6 +398,10 @@ class UploadService:
             body.release_request(True)
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in list(self._background):
+            task.cancel()  # its upload stays `processing` and is processed again at start-up
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=SHUTDOWN_GRACE_SECONDS)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -329,16 +411,22 @@ class UploadService:
 
     def _check_size(self, size: int | None) -> None:
         if size is not None and size > self.limits.max_size:
-            raise UploadError(ErrorKind.SIZE_EXCEEDED,
-                              f"the upload is larger than {self.limits.max_size} bytes")
+            raise UploadError(
+                ErrorKind.SIZE_EXCEEDED, f"the upload is larger than {self.limits.max_size} bytes"
+            )
 
     def _check_metadata(self, metadata: dict[str, str]) -> None:
+        for key in metadata:
+            check_key(key)
         if len(encode_metadata(metadata).encode()) > self.limits.max_metadata_bytes:
-            raise UploadError(ErrorKind.INVALID_METADATA,
-                              f"metadata is longer than {self.limits.max_metadata_bytes} bytes")
+            raise UploadError(
+                ErrorKind.INVALID_METADATA,
+                f"metadata is longer than {self.limits.max_metadata_bytes} bytes",
+            )
 
-    def _publish_progress(self, upload_id: str, offset: int, size: int | None, count: int,
-                          start: float) -> None:
+    def _publish_progress(
+        self, upload_id: str, offset: int, size: int | None, count: int, start: float
+    ) -> None:
         elapsed = max(time.monotonic() - start, 1e-6)
         self.bus.publish(UploadProgress(upload_id, offset, size, count / elapsed))
 

@@ -14,7 +14,16 @@ import pytest
 from tornado.web import Application
 
 from formforge.errors import UploadError
-from tests.tus_helpers import OFFSET_TYPE, Tus, b64, digest, make_app, path_of, tus_client
+from tests.tus_helpers import (
+    OFFSET_TYPE,
+    Tus,
+    b64,
+    digest,
+    eventually,
+    make_app,
+    path_of,
+    tus_client,
+)
 
 ALL_EXTENSIONS = {"creation", "creation-with-upload", "creation-defer-length", "expiration",
                   "checksum", "termination", "concatenation"}
@@ -402,8 +411,15 @@ async def test_healthz_and_metrics(tus: Tus) -> None:
     await patch(tus, path, 0, b"abc")
     health = await tus("GET", "/healthz", tus=False)
     assert (health.code, health.body) == (200, b'{"status": "ok"}')
-    metrics = (await tus("GET", "/metrics", tus=False)).body.decode()
+
+    async def metrics_text() -> str:
+        return (await tus("GET", "/metrics", tus=False)).body.decode()  # type: ignore[no-any-return]
+
+    async def finished() -> bool:
+        return "formforge_uploads_finished_total 1.0" in await metrics_text()
+
+    await eventually(finished)  # finished = processed, which runs after the last PATCH
+    metrics = await metrics_text()
     assert "formforge_uploads_created_total 1.0" in metrics
-    assert "formforge_uploads_finished_total 1.0" in metrics
     assert "formforge_bytes_received_total 3.0" in metrics
     assert 'formforge_http_requests_total{method="PATCH",status="204"} 1.0' in metrics

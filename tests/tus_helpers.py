@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -48,3 +49,12 @@ def path_of(response: HTTPResponse) -> str:
     """The path part of a Location header: `/files/<id>`."""
     location = response.headers["Location"]
     return "/files/" + location.rstrip("/").rsplit("/", 1)[-1]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll `check` until it holds (background processing), failing after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)

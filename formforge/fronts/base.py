@@ -32,8 +32,9 @@ _REASONS = {460: "Checksum Mismatch", 499: "Client Closed Request"}
 class FrontHandler(RequestHandler):
     """Base of the fronts' handlers; `initialize` receives the collaborators (no globals)."""
 
-    def initialize(self, service: UploadService, public_url: str | None,
-                   cors_origins: tuple[str, ...]) -> None:
+    def initialize(
+        self, service: UploadService, public_url: str | None, cors_origins: tuple[str, ...]
+    ) -> None:
         self.service = service
         self.public_url = public_url
         self.cors_origins = cors_origins
@@ -49,8 +50,10 @@ class FrontHandler(RequestHandler):
             self.add_header("Vary", "Origin")
 
     def is_preflight(self) -> bool:
-        return (self.request.method == "OPTIONS"
-                and "Access-Control-Request-Method" in self.request.headers)
+        return (
+            self.request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in self.request.headers
+        )
 
     def answer_preflight(self) -> None:
         self.set_header("Access-Control-Allow-Methods", ALLOWED_METHODS)
@@ -78,11 +81,18 @@ class FrontHandler(RequestHandler):
         """How this front shows an error; the status is already set."""
         raise NotImplementedError
 
-    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
-                      tb: TracebackType | None) -> None:
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if isinstance(value, UploadError):
-            log.info("%s %s -> %d %s: %s", self.request.method, self.request.path,
-                     value.kind.status, value.kind.code, value.message)
+            log.info(
+                "%s %s -> %d %s: %s",
+                self.request.method,
+                self.request.path,
+                value.kind.status,
+                value.kind.code,
+                value.message,
+            )
         else:
             super().log_exception(typ, value, tb)
 

@@ -9,11 +9,25 @@ from formforge.errors import ErrorKind, UploadError
 from formforge.stores.base import UploadInfo
 
 # Types a browser may show inline without running anything of the uploader's.
-INLINE_SAFE_TYPES = frozenset({
-    "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif",
-    "audio/mpeg", "audio/ogg", "audio/wav", "audio/webm", "audio/flac",
-    "video/mp4", "video/webm", "video/ogg", "application/pdf", "text/plain",
-})
+INLINE_SAFE_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wav",
+        "audio/webm",
+        "audio/flac",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
+        "application/pdf",
+        "text/plain",
+    }
+)
 _TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -57,5 +71,4 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _unsatisfiable(size: int) -> UploadError:
-    return UploadError(ErrorKind.RANGE_NOT_SATISFIABLE, "the range is outside the file",
-                       size=size)
+    return UploadError(ErrorKind.RANGE_NOT_SATISFIABLE, "the range is outside the file", size=size)

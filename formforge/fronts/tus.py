@@ -7,19 +7,15 @@ body then streams into the service through a `BodyStream`.
 
 from __future__ import annotations
 
-import asyncio
 from email.utils import format_datetime
-from typing import Any
 from urllib.parse import urlparse
 
-from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
-from formforge.body import BodyEnd, BodyStream
 from formforge.checksum import parse_upload_checksum
 from formforge.errors import ErrorKind, UploadError
-from formforge.fronts.base import FrontHandler
 from formforge.fronts.download import content_disposition, content_type, parse_range
+from formforge.fronts.streaming import StreamingWriteHandler
 from formforge.metadata import encode_metadata, parse_metadata
 from formforge.service import WriteRequest
 from formforge.stores.base import ConcatRole, UploadInfo
@@ -31,8 +27,7 @@ OVERRIDABLE = frozenset({"PATCH", "DELETE", "HEAD", "GET", "OPTIONS"})
 
 def tus_extensions(can_terminate: bool, can_concatenate: bool) -> str:
     """Built from what the store really supports, so the header cannot drift."""
-    names = ["creation", "creation-with-upload", "creation-defer-length", "expiration",
-             "checksum"]
+    names = ["creation", "creation-with-upload", "creation-defer-length", "expiration", "checksum"]
     if can_terminate:
         names.append("termination")
     if can_concatenate:
@@ -41,11 +36,9 @@ def tus_extensions(can_terminate: bool, can_concatenate: bool) -> str:
 
 
 @stream_request_body
-class TusHandler(FrontHandler):
+class TusHandler(StreamingWriteHandler):
     SUPPORTED_METHODS = ("OPTIONS", "HEAD", "GET", "POST", "PATCH", "DELETE")
 
-    body: BodyStream | None = None
-    write_task: asyncio.Task[UploadInfo] | None = None
     created: UploadInfo | None = None
 
     def set_default_headers(self) -> None:
@@ -74,28 +67,31 @@ class TusHandler(FrontHandler):
 
     async def _start_patch(self, upload_id: str) -> None:
         if _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
-            raise UploadError(ErrorKind.UNSUPPORTED_MEDIA_TYPE,
-                              f"Content-Type must be {OFFSET_TYPE}")
+            raise UploadError(
+                ErrorKind.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {OFFSET_TYPE}"
+            )
         offset = self._header_int("Upload-Offset", required=True)
         assert offset is not None
         await self._start_write(upload_id, offset, length=self._header_int("Upload-Length"))
 
     async def _start_write(self, upload_id: str, offset: int, length: int | None) -> None:
         checksum_header = self.request.headers.get("Upload-Checksum")
-        checksum = (parse_upload_checksum(checksum_header,
-                                          self.service.limits.checksum_algorithms)
-                    if checksum_header is not None else None)
-        request = WriteRequest(upload_id, offset, length, self._header_int("Content-Length"),
-                               checksum)
-        self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
-        self.write_task = await self.service.start_write(request, self.body)
-        self._connection().set_max_body_size(self.service.limits.max_size)
+        checksum = (
+            parse_upload_checksum(checksum_header, self.service.limits.checksum_algorithms)
+            if checksum_header is not None
+            else None
+        )
+        request = WriteRequest(
+            upload_id, offset, length, self._header_int("Content-Length"), checksum
+        )
+        await self.start_body_write(request, self.service.limits.max_size)
 
     # -- creation --------------------------------------------------------------------------
 
     async def _start_creation(self) -> None:
-        metadata = parse_metadata(self.request.headers.get("Upload-Metadata", ""),
-                                  self.service.limits.max_metadata_bytes)
+        metadata = parse_metadata(
+            self.request.headers.get("Upload-Metadata", ""), self.service.limits.max_metadata_bytes
+        )
         concat = self.request.headers.get("Upload-Concat")
         if concat is not None and concat.startswith("final;"):
             # tus: the final upload is created from its parts; it takes no body.
@@ -107,8 +103,10 @@ class TusHandler(FrontHandler):
         size = self._creation_size()
         has_body = self._has_body()
         if has_body and _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
-            raise UploadError(ErrorKind.UNSUPPORTED_MEDIA_TYPE,
-                              f"a creation body needs Content-Type {OFFSET_TYPE}")
+            raise UploadError(
+                ErrorKind.UNSUPPORTED_MEDIA_TYPE,
+                f"a creation body needs Content-Type {OFFSET_TYPE}",
+            )
         self.created = await self.service.create(size, metadata, role)
         if has_body:
             await self._start_write(self.created.id, 0, None)
@@ -119,35 +117,16 @@ class TusHandler(FrontHandler):
         if defer is not None and defer != "1":
             raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Defer-Length must be 1")
         if (defer is None) == (length is None):
-            raise UploadError(ErrorKind.BAD_REQUEST,
-                              "give exactly one of Upload-Length and Upload-Defer-Length: 1")
+            raise UploadError(
+                ErrorKind.BAD_REQUEST,
+                "give exactly one of Upload-Length and Upload-Defer-Length: 1",
+            )
         return length
 
     def _has_body(self) -> bool:
-        return ((self._header_int("Content-Length") or 0) > 0
-                or "chunked" in self.request.headers.get("Transfer-Encoding", "").lower())
-
-    # -- the body --------------------------------------------------------------------------
-
-    def data_received(self, chunk: bytes) -> Any:
-        if self.body is not None:
-            return self.body.feed(chunk)
-        return None
-
-    def on_connection_close(self) -> None:
-        if self.body is not None:
-            self.body.cut()
-        super().on_connection_close()
-
-    def _drop_connection(self, reason: BodyEnd) -> None:
-        """A stalled body, or a newer request took over: nothing more to read here."""
-        self._connection().close()
-
-    async def _body_done(self) -> UploadInfo | None:
-        if self.body is None or self.write_task is None:
-            return None
-        self.body.finish()
-        return await self.write_task
+        return (
+            self._header_int("Content-Length") or 0
+        ) > 0 or "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
 
     # -- methods ---------------------------------------------------------------------------
 
@@ -157,8 +136,10 @@ class TusHandler(FrontHandler):
             return
         limits = self.service.limits
         self.set_header("Tus-Version", TUS_VERSION)
-        self.set_header("Tus-Extension", tus_extensions(self.service.can_terminate,
-                                                        self.service.can_concatenate))
+        self.set_header(
+            "Tus-Extension",
+            tus_extensions(self.service.can_terminate, self.service.can_concatenate),
+        )
         self.set_header("Tus-Max-Size", str(limits.max_size))
         self.set_header("Tus-Checksum-Algorithm", ",".join(limits.checksum_algorithms))
         self.set_status(204)
@@ -166,7 +147,7 @@ class TusHandler(FrontHandler):
     async def post(self, upload_id: str | None = None) -> None:
         if upload_id:
             raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "POST goes to the creation URL")
-        written = await self._body_done()
+        written = await self.finish_body_write()
         info = written or self.created
         assert info is not None
         self.set_header("Location", f"{self.base_url()}/files/{info.id}")
@@ -188,16 +169,17 @@ class TusHandler(FrontHandler):
         if info.concat is ConcatRole.PARTIAL:
             self.set_header("Upload-Concat", "partial")
         elif info.concat is ConcatRole.FINAL:
-            self.set_header("Upload-Concat",
-                            "final;" + " ".join(f"{self.base_url()}/files/{part}"
-                                                for part in info.parts))
+            self.set_header(
+                "Upload-Concat",
+                "final;" + " ".join(f"{self.base_url()}/files/{part}" for part in info.parts),
+            )
         self._set_expires(info)
         self.set_status(200)
 
     async def patch(self, upload_id: str | None = None) -> None:
         if not upload_id:
             raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "PATCH goes to an upload's URL")
-        info = await self._body_done()
+        info = await self.finish_body_write()
         assert info is not None
         self.set_header("Upload-Offset", str(info.offset))
         self._set_expires(info)
@@ -237,11 +219,6 @@ class TusHandler(FrontHandler):
             self.set_header("Upload-Offset", str(error.details["offset"]))
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{error.message}\n")
-
-    def _connection(self) -> HTTP1Connection:
-        connection = self.request.connection
-        assert isinstance(connection, HTTP1Connection)  # the only kind HTTPServer makes
-        return connection
 
     def _require_id(self, upload_id: str | None) -> str:
         if not upload_id:

@@ -116,13 +116,15 @@ class FileStore(Store):
     ) -> int:
         path = self.data_path(upload_id)
         if keep is not None:
-            await asyncio.to_thread(self._write_atomic, self._path(upload_id, ".pending"),
-                                    str(offset).encode())
+            await asyncio.to_thread(
+                self._write_atomic, self._path(upload_id, ".pending"), str(offset).encode()
+            )
         async with aiofiles.open(path, "r+b", buffering=0) as data:
             end = await data.seek(0, os.SEEK_END)
             if end != offset:
-                raise UploadError(ErrorKind.OFFSET_MISMATCH,
-                                  f"offset is {end}, not {offset}", offset=end)
+                raise UploadError(
+                    ErrorKind.OFFSET_MISMATCH, f"offset is {end}, not {offset}", offset=end
+                )
             try:
                 async for chunk in chunks:
                     await _write_all(data, chunk)
@@ -146,8 +148,9 @@ class FileStore(Store):
 
     def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
         record = json.loads(self._path(upload_id, ".info").read_bytes())
-        record.update({k: (str(v) if isinstance(v, UploadState) else v)
-                       for k, v in changes.items()})
+        record.update(
+            {k: (str(v) if isinstance(v, UploadState) else v) for k, v in changes.items()}
+        )
         self._write_info_sync(upload_id, record)
         return self._info_sync(upload_id)
 
@@ -254,8 +257,9 @@ def _new_record(new: NewUpload) -> dict[str, Any]:
     }
 
 
-def _info_from_record(upload_id: str, record: dict[str, Any], offset: int,
-                      mtime: float) -> UploadInfo:
+def _info_from_record(
+    upload_id: str, record: dict[str, Any], offset: int, mtime: float
+) -> UploadInfo:
     concat = record.get("concat")
     return UploadInfo(
         id=upload_id,

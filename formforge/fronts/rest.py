@@ -1,0 +1,145 @@
+"""The JSON REST front at /api/files/upload: the same service, store, locks and events as tus.
+
+`Content-Range: bytes START-END/TOTAL` says where a chunk goes; a retry of a range that was
+already received is answered 200 without storing it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tornado.web import stream_request_body
+
+from formforge.errors import ErrorKind, UploadError
+from formforge.fronts.base import FrontHandler
+from formforge.fronts.streaming import StreamingWriteHandler
+from formforge.service import WriteRequest
+from formforge.stores.base import UploadInfo
+from formforge.wire import error_body, iso, status_payload
+
+# What clients should send per request: big enough to amortise a request, small enough
+# that a cut costs little on a thin link.
+CHUNK_SIZE_HINT = 8 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
+
+
+class RestFront(FrontHandler):
+    def render_error(self, error: UploadError) -> None:
+        extra = {"offset": error.details["offset"]} if "offset" in error.details else {}
+        self.finish(error_body(error.kind, error.message, **extra))
+
+    def options(self, upload_id: str | None = None) -> None:
+        self.answer_preflight()
+
+    def urls(self, upload_id: str) -> dict[str, str]:
+        base = self.base_url()
+        return {
+            "uploadUrl": f"{base}/api/files/upload/{upload_id}",
+            "tusUrl": f"{base}/files/{upload_id}",
+        }
+
+
+class RestCreateHandler(RestFront):
+    """POST /api/files/upload with a small JSON body (not streamed)."""
+
+    async def post(self) -> None:
+        size, metadata = _parse_creation(self.request.body)
+        info = await self.service.create(size, metadata)
+        urls = self.urls(info.id)
+        self.set_status(201)
+        self.set_header("Location", urls["uploadUrl"])
+        self.finish(
+            {
+                "uploadId": info.id,
+                **urls,
+                "offset": info.offset,
+                "size": info.size,
+                "chunkSize": CHUNK_SIZE_HINT,
+                "expiresAt": iso(self.service.expires_at(info)),
+            }
+        )
+
+
+@stream_request_body
+class RestUploadHandler(StreamingWriteHandler, RestFront):
+    """PUT/PATCH a chunk (streamed), GET the status, DELETE the upload."""
+
+    already_received: UploadInfo | None = None
+
+    async def prepare(self) -> None:
+        if self.request.method not in ("PUT", "PATCH"):
+            return
+        upload_id = self.path_kwargs["upload_id"]
+        start, end, total = _parse_content_range(self.request.headers.get("Content-Range"))
+        length = end - start
+        if self.request.headers.get("Content-Length") != str(length):
+            raise UploadError(
+                ErrorKind.BAD_REQUEST, "Content-Length must be the length of the Content-Range"
+            )
+        info = await self.service.get(upload_id)
+        if length > 0 and end <= info.offset:
+            self.already_received = info  # a retry: answer 200 and drop the body
+            return
+        await self.start_body_write(WriteRequest(upload_id, start, total, length), length)
+
+    async def put(self, upload_id: str) -> None:
+        info = self.already_received or await self.finish_body_write()
+        assert info is not None
+        self.finish(
+            {
+                "uploadId": info.id,
+                "offset": info.offset,
+                "size": info.size,
+                "complete": info.is_complete,
+            }
+        )
+
+    patch = put
+
+    async def get(self, upload_id: str) -> None:
+        info = await self.service.status(upload_id)
+        self.finish(status_payload(info, self.service.expires_at(info)))
+
+    async def delete(self, upload_id: str) -> None:
+        await self.service.terminate(upload_id)
+        self.set_status(204)
+
+
+def _parse_content_range(header: str | None) -> tuple[int, int, int | None]:
+    """`bytes START-END/TOTAL` -> [start, end) and the total (None for `*`)."""
+    match = _CONTENT_RANGE.fullmatch((header or "").strip())
+    if match is None:
+        raise UploadError(
+            ErrorKind.BAD_REQUEST, "Content-Range must be 'bytes START-END/TOTAL' (TOTAL may be *)"
+        )
+    start, last, total = int(match[1]), int(match[2]), match[3]
+    size = None if total == "*" else int(total)
+    if last < start or (size is not None and last >= size):
+        raise UploadError(ErrorKind.BAD_REQUEST, "Content-Range is not a range inside TOTAL")
+    return start, last + 1, size
+
+
+def _parse_creation(raw: bytes) -> tuple[int | None, dict[str, str]]:
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise UploadError(ErrorKind.BAD_REQUEST, "the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise UploadError(ErrorKind.BAD_REQUEST, "the body must be a JSON object")
+    filename, size = document.get("filename"), document.get("size")
+    mime, extra = document.get("mimeType"), document.get("metadata") or {}
+    if not isinstance(filename, str) or not filename or len(filename) > 1024:
+        raise UploadError(ErrorKind.BAD_REQUEST, "filename must be a non-empty string")
+    if size is not None and (type(size) is not int or size < 0):
+        raise UploadError(ErrorKind.BAD_REQUEST, "size must be a non-negative integer or null")
+    if mime is not None and not isinstance(mime, str):
+        raise UploadError(ErrorKind.BAD_REQUEST, "mimeType must be a string")
+    if not isinstance(extra, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+    ):
+        raise UploadError(ErrorKind.BAD_REQUEST, "metadata must map strings to strings")
+    metadata = {**extra, "filename": filename}
+    if mime:
+        metadata["filetype"] = mime
+    return size, metadata

@@ -1,0 +1,50 @@
+"""A handler whose request body streams into the upload service (tus PATCH/POST, REST PUT)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tornado.http1connection import HTTP1Connection
+
+from formforge.body import BodyEnd, BodyStream
+from formforge.fronts.base import FrontHandler
+from formforge.service import WriteRequest
+from formforge.stores.base import UploadInfo
+
+
+class StreamingWriteHandler(FrontHandler):
+    """Subclasses are decorated with `@stream_request_body` and call `start_body_write` in
+    `prepare`, once the headers are checked; `finish_body_write` in the method handler."""
+
+    body: BodyStream | None = None
+    write_task: asyncio.Task[UploadInfo] | None = None
+
+    async def start_body_write(self, request: WriteRequest, max_body: int) -> None:
+        self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
+        self.write_task = await self.service.start_write(request, self.body)
+        self.connection().set_max_body_size(max_body)
+
+    async def finish_body_write(self) -> UploadInfo | None:
+        """The body is complete: wait until it is stored (and durable). None if none was sent."""
+        if self.body is None or self.write_task is None:
+            return None
+        self.body.finish()
+        return await self.write_task
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.body.feed(chunk) if self.body is not None else None
+
+    def on_connection_close(self) -> None:
+        if self.body is not None:
+            self.body.cut()
+        super().on_connection_close()
+
+    def _drop_connection(self, reason: BodyEnd) -> None:
+        """A stalled body, or a newer request took over: nothing more to read here."""
+        self.connection().close()
+
+    def connection(self) -> HTTP1Connection:
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)  # the only kind HTTPServer makes
+        return connection

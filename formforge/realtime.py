@@ -1,0 +1,95 @@
+"""Socket.IO on the app's port: rooms per upload, fed by the event bus.
+
+The namespace answers `joinUploadRoom` / `leaveUploadRoom`; the bridge turns bus events into
+`uploadProgress`, `uploadComplete` and `uploadError` for the room `upload:<id>`. The client
+manager is python-socketio's own seam: the in-process one now, Redis when clustered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+
+from formforge.errors import UploadError
+from formforge.events import Event, UploadFailed, UploadFinished, UploadProgress
+from formforge.ids import is_valid_upload_id
+from formforge.service import UploadService
+from formforge.wire import complete_payload, error_payload, progress_payload
+
+log = logging.getLogger(__name__)
+
+
+def room_of(upload_id: str) -> str:
+    return f"upload:{upload_id}"
+
+
+def create_socketio(
+    cors_origins: tuple[str, ...], client_manager: socketio.AsyncManager | None = None
+) -> socketio.AsyncServer:
+    origins: str | list[str] = "*" if "*" in cors_origins else list(cors_origins)
+    return socketio.AsyncServer(
+        async_mode="tornado", client_manager=client_manager, cors_allowed_origins=origins
+    )
+
+
+class UploadNamespace(socketio.AsyncNamespace):
+    """Client events. Any payload that is not a known upload id gets an error ack."""
+
+    def __init__(self, service: UploadService) -> None:
+        super().__init__("/")
+        self.service = service
+
+    async def on_joinUploadRoom(self, sid: str, upload_id: Any) -> dict[str, Any]:
+        if not is_valid_upload_id(upload_id):
+            return {"ok": False, "error": "not a valid upload id"}
+        try:
+            info = await self.service.status(upload_id)
+        except UploadError as error:
+            return {"ok": False, "error": error.message}
+        room = room_of(upload_id)
+        await self.enter_room(sid, room)
+        # The snapshot: a client that (re)joins learns at once where the upload stands.
+        await self.emit(
+            "uploadProgress", progress_payload(info.id, info.offset, info.size, 0.0), to=sid
+        )
+        return {"ok": True, "room": room}
+
+    async def on_leaveUploadRoom(self, sid: str, upload_id: Any) -> dict[str, Any]:
+        if not is_valid_upload_id(upload_id):
+            return {"ok": False, "error": "not a valid upload id"}
+        await self.leave_room(sid, room_of(upload_id))
+        return {"ok": True}
+
+
+class RealtimeBridge:
+    """A bus subscriber: each upload event goes to its room, and only there."""
+
+    def __init__(self, sio: socketio.AsyncServer, download_url: Callable[[str], str]) -> None:
+        self.sio = sio
+        self.download_url = download_url
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def on_event(self, event: Event) -> None:
+        match event:
+            case UploadProgress(upload_id, offset, size, speed):
+                self._emit(
+                    "uploadProgress", upload_id, progress_payload(upload_id, offset, size, speed)
+                )
+            case UploadFinished(info):
+                self._emit(
+                    "uploadComplete", info.id, complete_payload(info, self.download_url(info.id))
+                )
+            case UploadFailed(upload_id, kind, message, offset):
+                self._emit(
+                    "uploadError", upload_id, error_payload(upload_id, kind, message, offset)
+                )
+
+    def _emit(self, name: str, upload_id: str, payload: dict[str, Any]) -> None:
+        # Emits run as tasks in publish order, so a room sees events in the order they happened.
+        task = asyncio.create_task(self.sio.emit(name, payload, room=room_of(upload_id)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)

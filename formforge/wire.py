@@ -1,0 +1,79 @@
+"""The JSON edge: snake_case values inside become the camelCase payloads clients see.
+
+Socket.IO events and REST answers are built here and nowhere else, so the two fronts
+cannot drift apart on a key's name or meaning.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from formforge.errors import ErrorKind
+from formforge.stores.base import UploadInfo
+
+
+def percent(offset: int, size: int | None) -> float | None:
+    if size is None:
+        return None
+    return 100.0 if size == 0 else round(offset * 100 / size, 2)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def progress_payload(
+    upload_id: str, offset: int, size: int | None, bytes_per_second: float
+) -> dict[str, Any]:
+    return {
+        "uploadId": upload_id,
+        "offset": offset,
+        "size": size,
+        "percent": percent(offset, size),
+        "bytesPerSecond": round(bytes_per_second, 1),
+    }
+
+
+def complete_payload(info: UploadInfo, url: str) -> dict[str, Any]:
+    return {
+        "uploadId": info.id,
+        "size": info.size,
+        "filename": filename(info),
+        "metadata": dict(info.metadata),
+        "sha256": info.sha256,
+        "url": url,
+    }
+
+
+def error_payload(upload_id: str, kind: ErrorKind, message: str, offset: int) -> dict[str, Any]:
+    return {
+        "uploadId": upload_id,
+        "code": kind.code,
+        "message": message,
+        "offset": offset,
+        "retryable": kind.retryable,
+    }
+
+
+def error_body(kind: ErrorKind, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": kind.code, "message": message}, **extra}
+
+
+def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, Any]:
+    return {
+        "uploadId": info.id,
+        "filename": filename(info),
+        "size": info.size,
+        "offset": info.offset,
+        "state": str(info.state),
+        "percent": percent(info.offset, info.size),
+        "metadata": dict(info.metadata),
+        "createdAt": iso(info.created_at),
+        "expiresAt": iso(expires_at),
+        "sha256": info.sha256,
+    }
+
+
+def filename(info: UploadInfo) -> str | None:
+    return info.metadata.get("filename") or info.metadata.get("name")
