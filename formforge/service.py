@@ -207,7 +207,7 @@ class UploadService:
         if request.offset != info.offset:
             raise UploadError(
                 ErrorKind.OFFSET_MISMATCH,
-                f"Upload-Offset {request.offset} is not the upload's offset {info.offset}",
+                f"offset {request.offset} is not the upload's offset {info.offset}",
                 offset=info.offset,
             )
         if request.length is not None:
