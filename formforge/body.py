@@ -90,6 +90,12 @@ class BodyStream:
         self._wake(self._space_waiter)
         return chunk
 
+    def discard(self) -> None:
+        """The consumer is gone: drop what waits and what still comes, so the front can read
+        the rest of the request quickly and answer it."""
+        self._chunks.clear()
+        self._close(BodyEnd.STOPPED)
+
     # -- internals -----------------------------------------------------------------------
 
     def _check_idle(self) -> None:

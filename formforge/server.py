@@ -20,6 +20,7 @@ CHUNK_SIZE = 1024 * 1024
 # Bodies of non-streaming requests (REST JSON); streaming handlers raise it per request.
 DEFAULT_MAX_BODY = 1024 * 1024
 CLOSE_TIMEOUT_SECONDS = 3.0
+MIN_HEADER_BYTES = 256 * 1024
 
 
 class Server:
@@ -42,6 +43,9 @@ class Server:
             chunk_size=CHUNK_SIZE,
             max_body_size=DEFAULT_MAX_BODY,
             idle_connection_timeout=server.idle_timeout_seconds,
+            # Room for Upload-Metadata up to its configured limit, so an oversized one is
+            # answered 400 by the tus front instead of Tornado dropping the connection.
+            max_header_size=max(MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes),
         )
         self._http.add_sockets(sockets)
         log.info("listening url=%s data_dir=%s", url, self.settings.storage.path)

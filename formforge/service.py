@@ -210,25 +210,27 @@ class UploadService:
                 f"offset {request.offset} is not the upload's offset {info.offset}",
                 offset=info.offset,
             )
-        if request.length is not None:
-            info = await self._declare_length(info, request.length)
+        size = info.size if request.length is None else self._valid_length(info, request.length)
         if (
-            info.size is not None
+            size is not None
             and request.content_length is not None
-            and info.offset + request.content_length > info.size
+            and info.offset + request.content_length > size
         ):
             raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past Upload-Length")
+        if size != info.size:  # declared only once the request is known to be acceptable
+            info = await self.store.update(info.id, size=size)
         return info
 
-    async def _declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
+    def _valid_length(self, info: UploadInfo, length: int) -> int:
+        """A length a request declares: once only, within limits, not below the offset."""
         if info.size is not None:
             if length != info.size:
                 raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Length cannot be changed")
-            return info
+            return length
         self._check_size(length)
         if length < info.offset:
             raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Length is below the offset")
-        return await self.store.update(info.id, size=length)
+        return length
 
     async def _write(
         self, info: UploadInfo, request: WriteRequest, body: BodyStream, lock: Lock
@@ -241,6 +243,7 @@ class UploadService:
             )
             raise
         finally:
+            body.discard()  # a write that ended early (413...) reads no more of the body
             await lock.release()
 
     async def _write_locked(

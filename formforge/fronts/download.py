@@ -58,6 +58,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None or match.group(0) == "bytes=-":
         return None
     first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return None  # not a valid range: RFC 9110 lets us ignore it
     if first:
         start = int(first)
         end = min(int(last) + 1, size) if last else size

@@ -67,7 +67,7 @@ class RestUploadHandler(StreamingWriteHandler, RestFront):
 
     already_received: UploadInfo | None = None
 
-    async def prepare(self) -> None:
+    async def prepare_body(self) -> None:
         if self.request.method not in ("PUT", "PATCH"):
             return
         upload_id = self.path_kwargs["upload_id"]

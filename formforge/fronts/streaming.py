@@ -19,6 +19,21 @@ class StreamingWriteHandler(FrontHandler):
 
     body: BodyStream | None = None
     write_task: asyncio.Task[UploadInfo] | None = None
+    prepared = False
+
+    async def prepare(self) -> None:
+        await self.prepare_body()
+        self.prepared = True
+
+    async def prepare_body(self) -> None:
+        """Check the headers; a request with a body to store calls `start_body_write`."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if not self.prepared:
+            # Tornado drops a connection whose body it did not read; saying so keeps a
+            # client from sending its next request into a closing socket.
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
 
     async def start_body_write(self, request: WriteRequest, max_body: int) -> None:
         self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from tornado.web import stream_request_body
 
-from formforge.checksum import parse_upload_checksum
+from formforge.checksum import Checksum, parse_upload_checksum
 from formforge.errors import ErrorKind, UploadError
 from formforge.fronts.download import content_disposition, content_type, parse_range
 from formforge.fronts.streaming import StreamingWriteHandler
@@ -51,7 +51,7 @@ class TusHandler(StreamingWriteHandler):
 
     # -- request start: method override, version, headers, lock --------------------------
 
-    async def prepare(self) -> None:
+    async def prepare_body(self) -> None:
         override = self.request.headers.get("X-HTTP-Method-Override", "").upper()
         if self.request.method == "POST" and override in OVERRIDABLE:
             self.request.method = override
@@ -75,16 +75,16 @@ class TusHandler(StreamingWriteHandler):
         await self._start_write(upload_id, offset, length=self._header_int("Upload-Length"))
 
     async def _start_write(self, upload_id: str, offset: int, length: int | None) -> None:
-        checksum_header = self.request.headers.get("Upload-Checksum")
-        checksum = (
-            parse_upload_checksum(checksum_header, self.service.limits.checksum_algorithms)
-            if checksum_header is not None
-            else None
-        )
         request = WriteRequest(
-            upload_id, offset, length, self._header_int("Content-Length"), checksum
+            upload_id, offset, length, self._header_int("Content-Length"), self._checksum()
         )
         await self.start_body_write(request, self.service.limits.max_size)
+
+    def _checksum(self) -> Checksum | None:
+        header = self.request.headers.get("Upload-Checksum")
+        if header is None:
+            return None
+        return parse_upload_checksum(header, self.service.limits.checksum_algorithms)
 
     # -- creation --------------------------------------------------------------------------
 
@@ -102,11 +102,8 @@ class TusHandler(StreamingWriteHandler):
         role = _concat_role(concat)
         size = self._creation_size()
         has_body = self._has_body()
-        if has_body and _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
-            raise UploadError(
-                ErrorKind.UNSUPPORTED_MEDIA_TYPE,
-                f"a creation body needs Content-Type {OFFSET_TYPE}",
-            )
+        if has_body:
+            self._check_creation_body(size)
         self.created = await self.service.create(size, metadata, role)
         if has_body:
             await self._start_write(self.created.id, 0, None)
@@ -122,6 +119,18 @@ class TusHandler(StreamingWriteHandler):
                 "give exactly one of Upload-Length and Upload-Defer-Length: 1",
             )
         return length
+
+    def _check_creation_body(self, size: int | None) -> None:
+        """Everything that could refuse the body, checked before the upload is created."""
+        if _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
+            raise UploadError(
+                ErrorKind.UNSUPPORTED_MEDIA_TYPE,
+                f"a creation body needs Content-Type {OFFSET_TYPE}",
+            )
+        self._checksum()
+        length = self._header_int("Content-Length")
+        if size is not None and length is not None and length > size:
+            raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past Upload-Length")
 
     def _has_body(self) -> bool:
         return (
