@@ -22,6 +22,8 @@ class StreamingWriteHandler(FrontHandler):
     prepared = False
 
     async def prepare(self) -> None:
+        # Until a write starts, Tornado's default would call a big refused body malformed.
+        self.connection().set_max_body_size(self.service.limits.max_size)
         await self.prepare_body()
         self.prepared = True
 
