@@ -42,7 +42,7 @@ class FormForgeApp:
 
     async def start(self) -> None:
         await self.service.store.recover()
-        resumed = await self.service.resume_processing()
+        resumed = await self.service.processor.resume()
         if resumed:
             log.info("processing resumed uploads=%d", resumed)
         self._sweeper = asyncio.create_task(self._sweep_forever())

@@ -21,10 +21,12 @@ class ErrorKind(enum.Enum):
     CHECKSUM_MISMATCH = ("checksum-mismatch", 460, True)  # bytes dropped; resend them
     CONNECTION_LOST = ("connection-lost", 499, True)  # event only: the body was cut
     SHUTTING_DOWN = ("shutting-down", 503, True)
+    HOOK_FAILED = ("hook-failed", 503, True)  # a pre-create hook failed or timed out
     INSUFFICIENT_STORAGE = ("insufficient-storage", 507, True)
     INTERNAL = ("internal-error", 500, True)
     # Final: the request itself is wrong or the upload is gone; retrying cannot help.
     BAD_REQUEST = ("bad-request", 400, False)
+    REJECTED = ("rejected", 403, False)  # by a pre-create hook, which may choose the 4xx
     INVALID_METADATA = ("invalid-metadata", 400, False)
     CHECKSUM_UNSUPPORTED = ("checksum-unsupported", 400, False)
     FINAL_UPLOAD = ("final-upload", 403, False)  # tus: PATCH on a concatenated final upload
@@ -56,7 +58,8 @@ class UploadError(Exception):
     """A failure with a kind from the table, a human message and optional details.
 
     `details` carries what a front may add to its answer (the current `offset` on a
-    mismatch, for example), in snake_case.
+    mismatch, for example), in snake_case; a `status` there overrides the kind's (a hook's
+    rejection picks its own 4xx).
     """
 
     def __init__(self, kind: ErrorKind, message: str, **details: Any) -> None:
@@ -64,6 +67,11 @@ class UploadError(Exception):
         self.kind = kind
         self.message = message
         self.details = details
+
+    @property
+    def status(self) -> int:
+        status = self.details.get("status")
+        return status if isinstance(status, int) else self.kind.status
 
     def __repr__(self) -> str:
         return f"UploadError({self.kind.code}, {self.message!r})"

@@ -7,13 +7,12 @@ publishes events. It imports neither tornado nor socketio.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from formforge.body import BodyEnd, BodyStream
 from formforge.checksum import Checksum
@@ -25,13 +24,20 @@ from formforge.events import (
     UploadCreated,
     UploadExpired,
     UploadFailed,
-    UploadFinished,
     UploadProgress,
     UploadTerminated,
+)
+from formforge.hooks import (
+    POST_TERMINATE,
+    PRE_CREATE,
+    HookFailed,
+    HookRunner,
+    RequestInfo,
 )
 from formforge.ids import is_valid_upload_id, new_upload_id
 from formforge.locks import Lock, Locker
 from formforge.metadata import check_key, encode_metadata
+from formforge.processing import Processor
 from formforge.stores.base import (
     Concatenator,
     ConcatRole,
@@ -42,6 +48,7 @@ from formforge.stores.base import (
     UploadInfo,
     UploadState,
 )
+from formforge.wire import hook_new_upload, hook_upload
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +76,22 @@ class WriteRequest:
 
 
 class UploadService:
-    def __init__(self, store: Store, locker: Locker, bus: EventBus, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: Store,
+        locker: Locker,
+        bus: EventBus,
+        limits: Limits,
+        hooks: HookRunner | None = None,
+    ) -> None:
         self.store = store
         self.locker = locker
         self.bus = bus
         self.limits = limits
+        self.hooks = hooks or HookRunner({}, 1.0)
+        self.processor = Processor(store, bus, self.hooks)
         self._writes: set[asyncio.Task[UploadInfo]] = set()
         self._bodies: set[BodyStream] = set()
-        self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
 
     # -- what this store can do ----------------------------------------------------------
@@ -134,30 +149,47 @@ class UploadService:
     # -- creating --------------------------------------------------------------------------
 
     async def create(
-        self, size: int | None, metadata: dict[str, str], concat: ConcatRole | None = None
+        self,
+        size: int | None,
+        metadata: dict[str, str],
+        concat: ConcatRole | None = None,
+        request: RequestInfo | None = None,
     ) -> UploadInfo:
         self._check_accepting()
         self._check_size(size)
-        self._check_metadata(metadata)
+        metadata = await self._checked_metadata(size, metadata, request)
         info = await self.store.create(NewUpload(new_upload_id(), size, metadata, concat))
         self.bus.publish(UploadCreated(info))
         log.info("created upload_id=%s size=%s", info.id, size)
         return info
 
-    async def create_final(self, part_ids: Sequence[str], metadata: dict[str, str]) -> UploadInfo:
+    async def create_final(
+        self, part_ids: Sequence[str], metadata: dict[str, str], request: RequestInfo | None = None
+    ) -> UploadInfo:
         """Concatenation: a final upload made of complete partial uploads, in order."""
         self._check_accepting()
-        self._check_metadata(metadata)
         if not self.can_concatenate or not part_ids:
             raise UploadError(ErrorKind.BAD_REQUEST, "a final upload needs partial uploads")
         parts = [await self._complete_partial(part_id) for part_id in part_ids]
         size = sum(part.offset for part in parts)
         self._check_size(size)
+        metadata = await self._checked_metadata(size, metadata, request)
         new = NewUpload(new_upload_id(), size, metadata, ConcatRole.FINAL, tuple(part_ids))
         assert isinstance(self.store, Concatenator)
         info = await self.store.concatenate(new, parts)
         self.bus.publish(UploadCreated(info))
-        return await self._finish(info)
+        return await self.processor.finish(info)
+
+    async def _checked_metadata(
+        self, size: int | None, metadata: dict[str, str], request: RequestInfo | None
+    ) -> dict[str, str]:
+        """Valid metadata, as the pre-create hooks (which may reject) leave it."""
+        self._check_metadata(metadata)
+        if not self.hooks.has(PRE_CREATE):
+            return metadata
+        metadata = await self.hooks.pre_create(hook_new_upload(size, metadata), request)
+        self._check_metadata(metadata)
+        return metadata
 
     async def _complete_partial(self, part_id: str) -> UploadInfo:
         try:
@@ -271,7 +303,7 @@ class UploadService:
                 offset=end,
             )
         latest = await self.store.get_info(info.id)
-        return await self._finish(latest) if latest.is_complete else latest
+        return await self.processor.finish(latest) if latest.is_complete else latest
 
     async def _chunks(
         self, info: UploadInfo, body: BodyStream, checksum: Checksum | None, start: float
@@ -289,69 +321,12 @@ class UploadService:
             if throttle.due(time.monotonic()):
                 self._publish_progress(info.id, offset, limit, offset - info.offset, start)
 
-    async def _finish(self, info: UploadInfo) -> UploadInfo:
-        """The upload has all its bytes: process it in the background (lock already free).
-
-        Partial uploads are only parts of a final one: complete at once, no event of their own.
-        """
-        if info.state is not UploadState.UPLOADING:
-            return info
-        if info.concat is ConcatRole.PARTIAL:
-            return await self.store.update(info.id, state=UploadState.COMPLETE)
-        info = await self.store.update(info.id, state=UploadState.PROCESSING)
-        self._spawn(self._process(info))
-        return info
-
-    async def _process(self, info: UploadInfo) -> None:
-        """Processing: the whole-file sha256 (then, later, post-finish hooks)."""
-        try:
-            sha256 = await self._sha256(info)
-            if (await self.store.get_info(info.id)).is_gone:
-                return  # terminated while it was being processed
-            done = await self.store.update(info.id, state=UploadState.COMPLETE, sha256=sha256)
-        except Exception as error:
-            log.exception("processing failed upload_id=%s", info.id)
-            await self.store.update(info.id, state=UploadState.ERROR, error=str(error))
-            self._publish_failure(
-                info.id, ErrorKind.PROCESSING_FAILED, "processing the upload failed", info.offset
-            )
-            return
-        self.bus.publish(UploadFinished(done))
-        log.info("finished upload_id=%s size=%s sha256=%s", info.id, info.size, sha256)
-
-    async def _sha256(self, info: UploadInfo) -> str:
-        if not isinstance(self.store, Reader):
-            raise UploadError(ErrorKind.INTERNAL, "this store cannot read uploads back")
-        hasher = hashlib.sha256()
-        async for chunk in self.store.read(info.id, 0, info.offset):
-            await asyncio.to_thread(hasher.update, chunk)  # hashlib lets go of the GIL
-        return hasher.hexdigest()
-
-    async def resume_processing(self) -> int:
-        """At start-up: process again what a crash or a stop interrupted."""
-        resumed = 0
-        async for upload_id in self.store.list_ids():
-            info = await self.store.get_info(upload_id)
-            if info.state is UploadState.PROCESSING or (
-                info.state is UploadState.UPLOADING and info.is_complete
-            ):
-                if info.state is UploadState.PROCESSING:
-                    info = await self.store.update(upload_id, state=UploadState.UPLOADING)
-                await self._finish(info)
-                resumed += 1
-        return resumed
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     # -- terminating and expiring ----------------------------------------------------------
 
-    async def terminate(self, upload_id: str) -> None:
+    async def terminate(self, upload_id: str, request: RequestInfo | None = None) -> None:
         if not self.can_terminate:
             raise UploadError(ErrorKind.BAD_REQUEST, "this store cannot terminate uploads")
-        await self.get(upload_id)
+        info = await self.get(upload_id)
         lock = await self.locker.acquire(upload_id, _refuse, force=True)
         try:
             assert isinstance(self.store, Terminator)
@@ -361,6 +336,13 @@ class UploadService:
         self.bus.publish(UploadTerminated(upload_id))
         self._publish_failure(upload_id, ErrorKind.TERMINATED, "the upload was terminated", 0)
         log.info("terminated upload_id=%s", upload_id)
+        if self.hooks.has(POST_TERMINATE):
+            self.processor.spawn(self._after_termination(info, request))
+
+    async def _after_termination(self, info: UploadInfo, request: RequestInfo | None) -> None:
+        # A failure is logged by the runner; the upload is gone whatever the hook says.
+        with contextlib.suppress(HookFailed):
+            await self.hooks.run_all(POST_TERMINATE, hook_upload(info), request)
 
     async def sweep(self) -> int:
         """Expire idle unfinished uploads and forget old tombstones; returns how many."""
@@ -401,10 +383,7 @@ class UploadService:
             body.release_request(True)
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=SHUTDOWN_GRACE_SECONDS)
-        for task in list(self._background):
-            task.cancel()  # its upload stays `processing` and is processed again at start-up
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=SHUTDOWN_GRACE_SECONDS)
+        await self.processor.stop()
 
     # -- helpers ---------------------------------------------------------------------------
 

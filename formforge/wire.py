@@ -77,3 +77,27 @@ def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, A
 
 def filename(info: UploadInfo) -> str | None:
     return info.metadata.get("filename") or info.metadata.get("name")
+
+
+def hook_upload(info: UploadInfo) -> dict[str, Any]:
+    """`upload` in a hook's JSON object (CONTRACT.md, Hooks)."""
+    payload: dict[str, Any] = {
+        "uploadId": info.id,
+        "size": info.size,
+        "offset": info.offset,
+        "filename": filename(info),
+        "metadata": dict(info.metadata),
+    }
+    if info.sha256:
+        payload["sha256"] = info.sha256
+    return payload
+
+
+def hook_new_upload(size: int | None, metadata: dict[str, str]) -> dict[str, Any]:
+    """`upload` for pre-create: the upload does not exist yet, so it has no id."""
+    return {
+        "size": size,
+        "offset": 0,
+        "filename": metadata.get("filename"),
+        "metadata": dict(metadata),
+    }

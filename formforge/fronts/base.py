@@ -72,7 +72,7 @@ class FrontHandler(RequestHandler):
         exc_info = kwargs.get("exc_info")
         value = exc_info[1] if exc_info else None
         if isinstance(value, UploadError):
-            self.set_status(value.kind.status, _REASONS.get(value.kind.status))
+            self.set_status(value.status, _REASONS.get(value.status))
             self.render_error(value)
         else:  # Tornado's own (405, a malformed request, a body over the limit) or a bug
             self.render_error(_from_status(status_code, value))
@@ -89,7 +89,7 @@ class FrontHandler(RequestHandler):
                 "%s %s -> %d %s: %s",
                 self.request.method,
                 self.request.path,
-                value.kind.status,
+                value.status,
                 value.kind.code,
                 value.message,
             )

@@ -1,0 +1,137 @@
+"""Hooks: decide before an upload is created, process after it is finished, learn of a removal.
+
+The runner calls each configured target in order through its transport (HTTP, command,
+Python callable) with the JSON object of CONTRACT.md, and gives back what the target answered.
+It knows nothing of uploads' storage or of HTTP fronts: the service calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from formforge.errors import ErrorKind, UploadError
+from formforge.hooks.command import call_command
+from formforge.hooks.failure import HookFailed
+from formforge.hooks.http import call_http
+from formforge.hooks.python import call_python
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HookFailed", "HookRunner", "RequestInfo", "Target"]
+
+PRE_CREATE, POST_FINISH, POST_TERMINATE = "pre-create", "post-finish", "post-terminate"
+
+
+@dataclass(frozen=True)
+class Target:
+    transport: str  # "http" | "command" | "python"
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.address}"
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """The client request that caused a hook, as hooks see it."""
+
+    headers: Mapping[str, str]
+    remote_addr: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"headers": dict(self.headers), "remoteAddr": self.remote_addr}
+
+
+# (point, transport, seconds, ok) -> None: what metrics hear of every call.
+Observer = Callable[[str, str, float, bool], None]
+
+
+class HookRunner:
+    def __init__(
+        self,
+        targets: Mapping[str, Sequence[Target]],
+        timeout_seconds: float,
+        observe: Observer | None = None,
+    ) -> None:
+        self.targets = targets
+        self.timeout = timeout_seconds
+        self.observe = observe or (lambda *_: None)
+
+    def has(self, point: str) -> bool:
+        return bool(self.targets.get(point))
+
+    async def pre_create(
+        self, upload: dict[str, Any], request: RequestInfo | None
+    ) -> dict[str, str]:
+        """Each target may reject (its 4xx and message reach the client) or replace the
+        metadata, which the next target then sees. A failing target rejects with 503."""
+        metadata: dict[str, str] = dict(upload["metadata"])
+        for target in self.targets.get(PRE_CREATE, ()):
+            try:
+                answer = await self._call(
+                    PRE_CREATE, target, {**upload, "metadata": metadata}, request
+                )
+            except HookFailed as error:
+                raise UploadError(
+                    ErrorKind.HOOK_FAILED, "the upload could not be checked; try again later"
+                ) from error
+            metadata = _apply_pre_create_answer(answer, metadata)
+        return metadata
+
+    async def run_all(
+        self, point: str, upload: dict[str, Any], request: RequestInfo | None = None
+    ) -> None:
+        """post-finish and post-terminate: every target in order; the first failure raises."""
+        for target in self.targets.get(point, ()):
+            await self._call(point, target, upload, request)
+
+    async def _call(
+        self, point: str, target: Target, upload: dict[str, Any], request: RequestInfo | None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"type": point, "upload": upload}
+        if request is not None:
+            payload["request"] = request.as_json()
+        started = time.monotonic()
+        ok = False
+        try:
+            answer = await _TRANSPORTS[target.transport](target.address, payload, self.timeout)
+            if not isinstance(answer, dict):
+                raise HookFailed(f"{target} answered {type(answer).__name__}, not an object")
+            ok = True
+            return answer
+        except HookFailed as error:
+            log.warning("hook failed point=%s target=%s error=%s", point, target, error)
+            raise
+        finally:
+            self.observe(point, target.transport, time.monotonic() - started, ok)
+
+
+def _apply_pre_create_answer(answer: dict[str, Any], metadata: dict[str, str]) -> dict[str, str]:
+    reject = answer.get("reject")
+    if reject is not None:
+        status = reject.get("status") if isinstance(reject, dict) else None
+        message = reject.get("message") if isinstance(reject, dict) else None
+        if not isinstance(status, int) or not 400 <= status <= 499:
+            status = 403
+        raise UploadError(
+            ErrorKind.REJECTED, str(message or "the upload was rejected"), status=status
+        )
+    replaced = answer.get("metadata")
+    if replaced is None:
+        return metadata
+    if not isinstance(replaced, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in replaced.items()
+    ):
+        raise UploadError(ErrorKind.HOOK_FAILED, "a pre-create hook answered bad metadata")
+    return dict(replaced)
+
+
+_TRANSPORTS: dict[str, Callable[[str, dict[str, Any], float], Awaitable[Any]]] = {
+    "http": call_http,
+    "command": call_command,
+    "python": call_python,
+}

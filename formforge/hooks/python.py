@@ -1,0 +1,44 @@
+"""Python hooks: `module:function`, called with the JSON object; its return value is the reply.
+
+A coroutine function is awaited; a plain function runs in a worker thread, so a slow hook
+never blocks the event loop. Either is cut off at the time-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from formforge.hooks.failure import HookFailed
+
+
+async def call_python(address: str, payload: dict[str, Any], timeout: float) -> Any:
+    function = _load(address)
+    try:
+        if inspect.iscoroutinefunction(function):
+            return await asyncio.wait_for(function(payload), timeout)
+        return await asyncio.wait_for(asyncio.to_thread(function, payload), timeout)
+    except TimeoutError:
+        raise HookFailed(f"{address} timed out after {timeout} s") from None
+    except HookFailed:
+        raise
+    except Exception as error:  # the hook's own failure, whatever it is
+        raise HookFailed(f"{address} raised {type(error).__name__}: {error}") from error
+
+
+@cache
+def _load(address: str) -> Callable[..., Any]:
+    module_name, _, attribute = address.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise HookFailed(f"cannot load {address}: {error}") from None
+    if not callable(target):
+        raise HookFailed(f"{address} is not callable")
+    return target  # type: ignore[no-any-return]
