@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import socketio
-from tornado.web import Application, RedirectHandler, StaticFileHandler
+from tornado.web import RedirectHandler, StaticFileHandler
 
-from formforge.config import Settings
+from formforge.auth import TokenCheck
+from formforge.config import HookTarget, Settings
 from formforge.events import EventBus
+from formforge.fronts.guard import GuardedApplication
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, MetricsHandler
 from formforge.fronts.tus import TusHandler
+from formforge.hooks import POST_FINISH, POST_TERMINATE, PRE_CREATE, HookRunner, Target
 from formforge.locks import MemoryLocker
 from formforge.metrics import Metrics
 from formforge.realtime import RealtimeBridge, UploadNamespace, create_socketio
@@ -34,7 +37,7 @@ class FormForgeApp:
     """The Tornado application and what runs beside it."""
 
     settings: Settings
-    application: Application
+    application: GuardedApplication
     service: UploadService
     metrics: Metrics
     sio: socketio.AsyncServer
@@ -73,11 +76,13 @@ def create_app(settings: Settings, self_url: str | None = None) -> FormForgeApp:
     metrics = Metrics()
     bus.subscribe(metrics.on_event)
     store = FileStore(Path(settings.storage.path), fsync=settings.storage.fsync)
-    service = UploadService(store, MemoryLocker(), bus, _limits(settings))
+    hooks = HookRunner(_hook_targets(settings), settings.hooks.timeout_seconds, metrics.on_hook)
+    service = UploadService(store, MemoryLocker(), bus, _limits(settings), hooks)
+    tokens = TokenCheck.from_setting(settings.auth.bearer_tokens)
     public_url = str(settings.server.public_url).rstrip("/") if settings.server.public_url else None
     cors_origins = tuple(settings.server.cors_origins)
     sio = create_socketio(cors_origins)
-    sio.register_namespace(UploadNamespace(service))
+    sio.register_namespace(UploadNamespace(service, tokens))
     base = public_url or self_url or f"http://{settings.server.host}:{settings.server.port}"
     bus.subscribe(RealtimeBridge(sio, lambda upload_id: f"{base}/files/{upload_id}").on_event)
     front: dict[str, Any] = {
@@ -95,14 +100,32 @@ def create_app(settings: Settings, self_url: str | None = None) -> FormForgeApp:
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/", RedirectHandler, {"url": "/static/index.html"}),
     ]
-    application = Application(
+    application = GuardedApplication(
         routes,
+        tokens,
         static_path=str(STATIC_DIR),
         static_handler_class=StaticFileHandler,
         log_function=metrics.on_request,
         idle_timeout_seconds=settings.server.idle_timeout_seconds,
     )
     return FormForgeApp(settings, application, service, metrics, sio)
+
+
+def _hook_targets(settings: Settings) -> dict[str, list[Target]]:
+    points = {
+        PRE_CREATE: settings.hooks.pre_create,
+        POST_FINISH: settings.hooks.post_finish,
+        POST_TERMINATE: settings.hooks.post_terminate,
+    }
+    return {point: [_target(entry) for entry in entries] for point, entries in points.items()}
+
+
+def _target(entry: HookTarget) -> Target:
+    for transport in ("http", "command", "python"):
+        address = getattr(entry, transport)
+        if address is not None:
+            return Target(transport, address)
+    raise ValueError("a hook target without a transport")  # config validation prevents it
 
 
 def _limits(settings: Settings) -> Limits:

@@ -195,10 +195,6 @@ _NOT_SUPPORTED_YET: Mapping[str, object] = {
     "limits.bandwidth_per_upload": None,
     "limits.bandwidth_total": None,
     "limits.max_concurrent_uploads": None,
-    "hooks.pre_create": (),
-    "hooks.post_finish": (),
-    "hooks.post_terminate": (),
-    "auth.bearer_tokens": None,
     "cluster.redis_url": None,
 }
 

@@ -26,6 +26,7 @@ class ErrorKind(enum.Enum):
     INTERNAL = ("internal-error", 500, True)
     # Final: the request itself is wrong or the upload is gone; retrying cannot help.
     BAD_REQUEST = ("bad-request", 400, False)
+    UNAUTHORIZED = ("unauthorized", 401, False)
     REJECTED = ("rejected", 403, False)  # by a pre-create hook, which may choose the 4xx
     INVALID_METADATA = ("invalid-metadata", 400, False)
     CHECKSUM_UNSUPPORTED = ("checksum-unsupported", 400, False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from tornado.web import RequestHandler
 
 from formforge.events import (
@@ -38,6 +38,24 @@ class Metrics:
         self.terminated = Counter(
             "formforge_uploads_terminated", "Uploads terminated", registry=self.registry
         )
+        self.hook_calls = Counter(
+            "formforge_hook_calls",
+            "Hook calls by point and transport",
+            ["point", "transport"],
+            registry=self.registry,
+        )
+        self.hook_failures = Counter(
+            "formforge_hook_failures",
+            "Failed hook calls",
+            ["point", "transport"],
+            registry=self.registry,
+        )
+        self.hook_seconds = Histogram(
+            "formforge_hook_seconds",
+            "Hook call durations",
+            ["point", "transport"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "formforge_upload_errors", "Upload errors by code", ["code"], registry=self.registry
         )
@@ -54,6 +72,12 @@ class Metrics:
                 self.terminated.inc()
             case UploadFailed(kind=kind):
                 self.errors.labels(kind.code).inc()
+
+    def on_hook(self, point: str, transport: str, seconds: float, ok: bool) -> None:
+        self.hook_calls.labels(point, transport).inc()
+        self.hook_seconds.labels(point, transport).observe(seconds)
+        if not ok:
+            self.hook_failures.labels(point, transport).inc()
 
     def on_request(self, handler: RequestHandler) -> None:
         self.requests.labels(handler.request.method or "", str(handler.get_status())).inc()

@@ -14,6 +14,7 @@ from typing import Any
 
 import socketio
 
+from formforge.auth import TokenCheck
 from formforge.errors import UploadError
 from formforge.events import Event, UploadFailed, UploadFinished, UploadProgress
 from formforge.ids import is_valid_upload_id
@@ -39,9 +40,19 @@ def create_socketio(
 class UploadNamespace(socketio.AsyncNamespace):
     """Client events. Any payload that is not a known upload id gets an error ack."""
 
-    def __init__(self, service: UploadService) -> None:
+    def __init__(self, service: UploadService, tokens: TokenCheck) -> None:
         super().__init__("/")
         self.service = service
+        self.tokens = tokens
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """With `auth.bearer_tokens` set: the token in the `auth` payload, or the header."""
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not (
+            self.tokens.allows_token(token)
+            or self.tokens.allows_header(environ.get("HTTP_AUTHORIZATION"))
+        ):
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized")
 
     async def on_joinUploadRoom(self, sid: str, upload_id: Any) -> dict[str, Any]:
         if not is_valid_upload_id(upload_id):

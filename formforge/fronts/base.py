@@ -10,6 +10,7 @@ from typing import Any
 from tornado.web import HTTPError, RequestHandler
 
 from formforge.errors import ErrorKind, UploadError
+from formforge.hooks import RequestInfo
 from formforge.service import UploadService
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class FrontHandler(RequestHandler):
         self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
+
+    def request_info(self) -> RequestInfo:
+        """The client request, as hooks see it."""
+        return RequestInfo(dict(self.request.headers), self.request.remote_ip)
 
     def base_url(self) -> str:
         if self.public_url:

@@ -45,7 +45,7 @@ class RestCreateHandler(RestFront):
 
     async def post(self) -> None:
         size, metadata = _parse_creation(self.request.body)
-        info = await self.service.create(size, metadata)
+        info = await self.service.create(size, metadata, request=self.request_info())
         urls = self.urls(info.id)
         self.set_status(201)
         self.set_header("Location", urls["uploadUrl"])
@@ -102,7 +102,7 @@ class RestUploadHandler(StreamingWriteHandler, RestFront):
         self.finish(status_payload(info, self.service.expires_at(info)))
 
     async def delete(self, upload_id: str) -> None:
-        await self.service.terminate(upload_id)
+        await self.service.terminate(upload_id, self.request_info())
         self.set_status(204)
 
 

@@ -97,14 +97,16 @@ class TusHandler(StreamingWriteHandler):
             # tus: the final upload is created from its parts; it takes no body.
             if "Upload-Length" in self.request.headers:
                 raise UploadError(ErrorKind.BAD_REQUEST, "a final upload takes no Upload-Length")
-            self.created = await self.service.create_final(_part_ids(concat[6:]), metadata)
+            self.created = await self.service.create_final(
+                _part_ids(concat[6:]), metadata, self.request_info()
+            )
             return
         role = _concat_role(concat)
         size = self._creation_size()
         has_body = self._has_body()
         if has_body:
             self._check_creation_body(size)
-        self.created = await self.service.create(size, metadata, role)
+        self.created = await self.service.create(size, metadata, role, self.request_info())
         if has_body:
             await self._start_write(self.created.id, 0, None)
 
@@ -195,7 +197,7 @@ class TusHandler(StreamingWriteHandler):
         self.set_status(204)
 
     async def delete(self, upload_id: str | None = None) -> None:
-        await self.service.terminate(self._require_id(upload_id))
+        await self.service.terminate(self._require_id(upload_id), self.request_info())
         self.set_status(204)
 
     async def get(self, upload_id: str | None = None) -> None:

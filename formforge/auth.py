@@ -1,0 +1,53 @@
+"""Bearer tokens (`auth.bearer_tokens`): one check for HTTP and Socket.IO alike."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from tornado.httputil import HTTPServerRequest
+
+OPEN_PATHS = frozenset({"/healthz"})  # GET only: load balancers probe without a token
+
+
+class TokenCheck:
+    """Accepts any of the configured tokens; with none configured, accepts everything."""
+
+    def __init__(self, tokens: frozenset[str] | None) -> None:
+        self.tokens = tokens
+
+    @classmethod
+    def from_setting(cls, setting: tuple[str, ...] | str | None) -> TokenCheck:
+        """A list of tokens, or the path of a file with one token a line (# comments)."""
+        if setting is None:
+            return cls(None)
+        if isinstance(setting, str):
+            lines = Path(setting).read_text().splitlines()
+            setting = tuple(line.strip() for line in lines)
+        return cls(frozenset(t for t in setting if t and not t.startswith("#")))
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens is not None
+
+    def allows_token(self, token: object) -> bool:
+        if self.tokens is None:
+            return True
+        if not isinstance(token, str) or not token:
+            return False
+        # Compare with every token, in constant time, so timing tells nothing.
+        matches = [hmac.compare_digest(token.encode(), known.encode()) for known in self.tokens]
+        return any(matches)
+
+    def allows_header(self, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        return self.allows_token(token.strip()) if scheme.lower() == "bearer" else not self.enabled
+
+    def exempts(self, request: HTTPServerRequest) -> bool:
+        """Health probes, CORS preflights, and Socket.IO (which checks at connect)."""
+        path = request.path
+        if request.method == "GET" and path in OPEN_PATHS:
+            return True
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return True
+        return path.startswith("/socket.io/")

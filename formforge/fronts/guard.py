@@ -1,0 +1,44 @@
+"""The Application that checks bearer tokens before routing, so no handler can forget to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado.httputil import HTTPServerRequest
+from tornado.routing import Rule
+from tornado.web import Application, RequestHandler, _HandlerDelegate, stream_request_body
+
+from formforge.auth import TokenCheck
+from formforge.errors import ErrorKind
+from formforge.wire import error_body
+
+
+class GuardedApplication(Application):
+    def __init__(
+        self, routes: list[Rule | tuple[Any, ...]], tokens: TokenCheck, **settings: Any
+    ) -> None:
+        super().__init__(routes, **settings)
+        self.tokens = tokens
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
+        if (
+            self.tokens.enabled
+            and not self.tokens.exempts(request)
+            and not (self.tokens.allows_header(request.headers.get("Authorization")))
+        ):
+            return self.get_handler_delegate(request, UnauthorizedHandler)
+        return super().find_handler(request, **kwargs)
+
+
+@stream_request_body  # so it answers right after the headers, before any body is read
+class UnauthorizedHandler(RequestHandler):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def prepare(self) -> None:
+        self.set_status(401)
+        self.set_header("WWW-Authenticate", 'Bearer realm="formforge"')
+        self.set_header("Connection", "close")
+        if self.request.path.startswith("/files"):
+            self.set_header("Tus-Resumable", "1.0.0")
+        message = "a valid 'Authorization: Bearer <token>' header is required"
+        self.finish(error_body(ErrorKind.UNAUTHORIZED, message))
