@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import socketio
-from tornado.web import RedirectHandler, StaticFileHandler
+from tornado.web import StaticFileHandler
 
 from formforge.auth import TokenCheck
 from formforge.config import HookTarget, Settings
 from formforge.events import EventBus
 from formforge.fronts.guard import GuardedApplication
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
-from formforge.fronts.site import HealthHandler, MetricsHandler
+from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler
 from formforge.fronts.tus import TusHandler
 from formforge.hooks import POST_FINISH, POST_TERMINATE, PRE_CREATE, HookRunner, Target
 from formforge.locks import MemoryLocker
@@ -98,7 +98,7 @@ def create_app(settings: Settings, self_url: str | None = None) -> FormForgeApp:
         (r"/socket.io/", socketio.get_tornado_handler(sio)),
         (r"/healthz", HealthHandler),
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
-        (r"/", RedirectHandler, {"url": "/static/index.html"}),
+        (r"/", IndexHandler, {"path": STATIC_DIR / "index.html"}),
     ]
     application = GuardedApplication(
         routes,

@@ -1,4 +1,4 @@
-"""The `formforge` command line: `formforge serve` (and, later, `formforge upload`).
+"""The `formforge` command line: `formforge serve` and `formforge upload`.
 
 This is the one module that touches `os.environ`: it hands it to
 `load_settings` together with the flags. Expected failures (a bad config, a
@@ -15,9 +15,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
+from formforge.checksum import HASHERS
 from formforge.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # bad flags or bad config: what argparse uses for bad usage too
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 STOP_TIMEOUT_SECONDS = 8.0  # SIGTERM must end the process "within a few seconds"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -54,6 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="formforge", description="Resumable upload server.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_upload(commands)
     return parser
 
 
@@ -156,3 +160,94 @@ async def _stop(server: ServerLike) -> None:
     except TimeoutError:
         # Bytes already written are in the files; what is lost is only the tidy-up.
         logger.warning("stop timed out, exiting anyway timeout_seconds=%s", STOP_TIMEOUT_SECONDS)
+
+
+# --- formforge upload ------------------------------------------------------------------
+
+UPLOAD_CHUNK_SIZE = 8 * 1024 * 1024
+UPLOAD_RETRIES = 7  # eight tries per request: about 30 s of backoff (0.5 s doubling to 8 s)
+
+
+def _add_upload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    upload = commands.add_parser(
+        "upload",
+        help="upload files to a tus server",
+        description="Upload files over tus with a progress bar each; an interrupted upload "
+        "of the same file resumes on the next run. Prints each finished upload's URL. "
+        "Upload URLs are kept in $FORMFORGE_UPLOAD_STATE, else "
+        "$XDG_CACHE_HOME/formforge/uploads.json (default ~/.cache/formforge/uploads.json).",
+    )
+    upload.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    upload.add_argument(
+        "--url", required=True, help="the tus creation URL, e.g. http://127.0.0.1:3000/files/"
+    )
+    upload.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=UPLOAD_CHUNK_SIZE,
+        metavar="BYTES",
+        help=f"bytes per PATCH request (default {UPLOAD_CHUNK_SIZE})",
+    )
+    upload.add_argument(
+        "--checksum",
+        choices=sorted(HASHERS),
+        help="send each chunk's checksum (Upload-Checksum) for the server to verify",
+    )
+    upload.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=UPLOAD_RETRIES,
+        metavar="N",
+        help=f"tries again after a failed request, with backoff (default {UPLOAD_RETRIES})",
+    )
+    upload.set_defaults(command=_upload)
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def upload_state_path(environ: Mapping[str, str]) -> Path:
+    """Where `formforge upload` keeps upload URLs between runs."""
+    if environ.get("FORMFORGE_UPLOAD_STATE"):
+        return Path(environ["FORMFORGE_UPLOAD_STATE"]).expanduser()
+    cache = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "formforge" / "uploads.json"
+
+
+def _upload(args: argparse.Namespace) -> int:
+    # Imported late: requests, tqdm and tuspy are not needed to serve.
+    from formforge import upload_client as client
+
+    options = client.UploadOptions(
+        endpoint=args.url,
+        state_path=upload_state_path(os.environ),
+        chunk_size=args.chunk_size,
+        checksum=args.checksum,
+        retry=client.RetryPolicy(retries=args.retries),
+    )
+    try:
+        complete = client.upload_files(args.files, options, out=sys.stdout, err=sys.stderr)
+    except client.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except client.UploadFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if complete else EXIT_FAILURE

@@ -54,7 +54,7 @@ class UploadNamespace(socketio.AsyncNamespace):
         ):
             raise socketio.exceptions.ConnectionRefusedError("unauthorized")
 
-    async def on_joinUploadRoom(self, sid: str, upload_id: Any = None) -> dict[str, Any]:
+    async def on_joinUploadRoom(self, sid: str, upload_id: Any = None, *_: Any) -> dict[str, Any]:
         if not is_valid_upload_id(upload_id):
             return {"ok": False, "error": "not a valid upload id"}
         try:
@@ -69,7 +69,7 @@ class UploadNamespace(socketio.AsyncNamespace):
         )
         return {"ok": True, "room": room}
 
-    async def on_leaveUploadRoom(self, sid: str, upload_id: Any = None) -> dict[str, Any]:
+    async def on_leaveUploadRoom(self, sid: str, upload_id: Any = None, *_: Any) -> dict[str, Any]:
         if not is_valid_upload_id(upload_id):
             return {"ok": False, "error": "not a valid upload id"}
         await self.leave_room(sid, room_of(upload_id))

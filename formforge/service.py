@@ -161,7 +161,7 @@ class UploadService:
         info = await self.store.create(NewUpload(new_upload_id(), size, metadata, concat))
         self.bus.publish(UploadCreated(info))
         log.info("created upload_id=%s size=%s", info.id, size)
-        return info
+        return await self.processor.finish(info) if info.is_complete else info
 
     async def create_final(
         self, part_ids: Sequence[str], metadata: dict[str, str], request: RequestInfo | None = None
@@ -248,7 +248,7 @@ class UploadService:
             and request.content_length is not None
             and info.offset + request.content_length > size
         ):
-            raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past Upload-Length")
+            raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past the upload's length")
         if size != info.size:  # declared only once the request is known to be acceptable
             info = await self.store.update(info.id, size=size)
         return info
@@ -257,11 +257,11 @@ class UploadService:
         """A length a request declares: once only, within limits, not below the offset."""
         if info.size is not None:
             if length != info.size:
-                raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Length cannot be changed")
+                raise UploadError(ErrorKind.BAD_REQUEST, "the upload's length cannot be changed")
             return length
         self._check_size(length)
         if length < info.offset:
-            raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Length is below the offset")
+            raise UploadError(ErrorKind.BAD_REQUEST, "the declared length is below the offset")
         return length
 
     async def _write(
@@ -313,12 +313,13 @@ class UploadService:
         throttle = ProgressThrottle(self.limits.progress_interval_seconds, start)
         async for chunk in body:
             if limit is not None and offset + len(chunk) > limit:
-                raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past Upload-Length")
+                raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past the upload's length")
             if checksum is not None:
                 checksum.update(chunk)
             yield chunk
             offset += len(chunk)  # the store has written the chunk once it asks for more
-            if throttle.due(time.monotonic()):
+            # Checksummed bytes are provisional: only the end of the request reports them.
+            if checksum is None and throttle.due(time.monotonic()):
                 self._publish_progress(info.id, offset, limit, offset - info.offset, start)
 
     # -- terminating and expiring ----------------------------------------------------------

@@ -174,3 +174,22 @@ async def test_concurrent_reads_do_not_wait_for_a_writer(store: Store) -> None:
     assert (await store.get_info(upload_id)).offset == 3
     await gate.put(None)
     assert await writer == 3
+
+
+@pytest.mark.gen_test
+async def test_provisional_bytes_are_not_reported_before_they_are_kept(store: Store) -> None:
+    upload_id = await new(store)
+    await store.write(upload_id, 0, chunks(b"ab"))
+    gate: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def slow() -> AsyncIterator[bytes]:
+        while (chunk := await gate.get()) is not None:
+            yield chunk
+
+    writer = asyncio.create_task(store.write(upload_id, 2, slow(), keep=lambda: True))
+    await gate.put(b"cde")
+    await asyncio.sleep(0.1)  # the chunk is on disk, its checksum not yet checked
+    assert (await store.get_info(upload_id)).offset == 2
+    await gate.put(None)
+    assert await writer == 5
+    assert (await store.get_info(upload_id)).offset == 5

@@ -78,6 +78,10 @@ class RestUploadHandler(StreamingWriteHandler, RestFront):
                 ErrorKind.BAD_REQUEST, "Content-Length must be the length of the Content-Range"
             )
         info = await self.service.get(upload_id)
+        if total is not None and info.size is not None and total != info.size:
+            raise UploadError(
+                ErrorKind.BAD_REQUEST, f"the upload's size is {info.size}, not {total}"
+            )
         if length > 0 and end <= info.offset:
             self.already_received = info  # a retry: answer 200 and drop the body
             return
@@ -123,18 +127,20 @@ def _parse_content_range(header: str | None) -> tuple[int, int, int | None]:
 def _parse_creation(raw: bytes) -> tuple[int | None, dict[str, str]]:
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise UploadError(ErrorKind.BAD_REQUEST, "the body is not valid JSON") from None
     if not isinstance(document, dict):
         raise UploadError(ErrorKind.BAD_REQUEST, "the body must be a JSON object")
     filename, size = document.get("filename"), document.get("size")
-    mime, extra = document.get("mimeType"), document.get("metadata") or {}
+    mime, extra = document.get("mimeType"), document.get("metadata", {})
     if not isinstance(filename, str) or not filename or len(filename) > 1024:
         raise UploadError(ErrorKind.BAD_REQUEST, "filename must be a non-empty string")
     if size is not None and (type(size) is not int or size < 0):
         raise UploadError(ErrorKind.BAD_REQUEST, "size must be a non-negative integer or null")
     if mime is not None and not isinstance(mime, str):
         raise UploadError(ErrorKind.BAD_REQUEST, "mimeType must be a string")
+    if extra is None:
+        extra = {}
     if not isinstance(extra, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
     ):

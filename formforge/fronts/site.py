@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.web import RequestHandler
 
 from formforge.metrics import Metrics
+
+# Only our own files run or style the page: no inline script or style, no plugin, no <base>.
+# Socket.IO needs `connect-src` for its WebSocket (`'self'` does not cover ws: everywhere).
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'"
+)
+
+
+class IndexHandler(RequestHandler):
+    """`GET /`: the uploader page (`static/index.html`) under `PAGE_CSP`.
+
+    Its scripts and styles are plain files under `/static/`, served by Tornado's static
+    handler; the page is read on every request, so it is never stale.
+    """
+
+    def initialize(self, path: Path) -> None:
+        self.path = path
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("Cache-Control", "no-cache")
+        self.write(self.path.read_bytes())
+
+    def head(self) -> None:
+        self.get()
 
 
 class HealthHandler(RequestHandler):

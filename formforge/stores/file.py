@@ -2,8 +2,9 @@
 
 The offset of an upload *is* the size of its `.bin` file: there is no second copy of it to
 fall out of step after a crash. A provisional (checksummed) write first records where it
-started in `<id>.pending`; `recover()` cuts any such write back, so bytes whose checksum was
-never verified do not survive a crash as if they had been accepted.
+started in `<id>.pending`: until the checksum is checked, that is the offset readers see, and
+`recover()` cuts any such write back, so bytes whose checksum was never verified do not
+survive a crash as if they had been accepted.
 """
 
 from __future__ import annotations
@@ -104,7 +105,14 @@ class FileStore(Store):
             offset, mtime = data_stat.st_size, max(data_stat.st_mtime, info_stat.st_mtime)
         except FileNotFoundError:  # a tombstone: the bytes are gone
             offset, mtime = 0, info_stat.st_mtime
-        return _info_from_record(upload_id, record, offset, mtime)
+        return _info_from_record(upload_id, record, self._accepted(upload_id, offset), mtime)
+
+    def _accepted(self, upload_id: str, size: int) -> int:
+        """Bytes of a provisional write are not the upload's until their checksum is checked."""
+        try:
+            return min(size, int(self._path(upload_id, ".pending").read_text() or "0"))
+        except (FileNotFoundError, ValueError):
+            return size
 
     async def write(
         self,
