@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ class FileStore(Store):
                 log.info("provisional write cut back upload_id=%s offset=%d", upload_id, start)
 
     async def create(self, new: NewUpload) -> UploadInfo:
-        return await asyncio.to_thread(self._create_sync, new)
+        with disk_errors():
+            return await asyncio.to_thread(self._create_sync, new)
 
     def _create_sync(self, new: NewUpload) -> UploadInfo:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,16 @@ class FileStore(Store):
         *,
         keep: Callable[[], bool] | None = None,
     ) -> int:
+        with disk_errors():
+            return await self._write(upload_id, offset, chunks, keep)
+
+    async def _write(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        keep: Callable[[], bool] | None,
+    ) -> int:
         path = self.data_path(upload_id)
         if keep is not None:
             await asyncio.to_thread(
@@ -152,7 +164,8 @@ class FileStore(Store):
         unknown = set(changes) - _INFO_FIELDS
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
-        return await asyncio.to_thread(self._update_sync, upload_id, changes)
+        with disk_errors():
+            return await asyncio.to_thread(self._update_sync, upload_id, changes)
 
     def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
         record = json.loads(self._path(upload_id, ".info").read_bytes())
@@ -186,7 +199,8 @@ class FileStore(Store):
                 await aiofiles.os.remove(self._path(upload_id, suffix))
 
     async def concatenate(self, new: NewUpload, parts: Sequence[UploadInfo]) -> UploadInfo:
-        return await asyncio.to_thread(self._concatenate_sync, new, parts)
+        with disk_errors():
+            return await asyncio.to_thread(self._concatenate_sync, new, parts)
 
     def _concatenate_sync(self, new: NewUpload, parts: Sequence[UploadInfo]) -> UploadInfo:
         scratch = self._path(new.id, ".concat")
@@ -231,6 +245,17 @@ class FileStore(Store):
     def _sync_file(self, fd: int) -> None:
         if self.fsync:
             os.fdatasync(fd)
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """A full disk is the client's 507 (retry later), not a 500; stored bytes stay as they are."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UploadError(ErrorKind.INSUFFICIENT_STORAGE, "the server's disk is full") from None
+        raise
 
 
 async def _write_all(data: Any, chunk: bytes) -> None:
