@@ -132,6 +132,9 @@ def _limits(settings: Settings) -> Limits:
     return Limits(
         max_size=settings.limits.max_size,
         max_metadata_bytes=settings.limits.max_metadata_bytes,
+        bandwidth_per_upload=settings.limits.bandwidth_per_upload,
+        bandwidth_total=settings.limits.bandwidth_total,
+        max_concurrent_uploads=settings.limits.max_concurrent_uploads,
         unfinished_ttl_seconds=settings.expiration.unfinished_ttl_seconds,
         checksum_algorithms=tuple(settings.checksum.algorithms),
         progress_interval_seconds=settings.events.progress_interval_ms / 1000,

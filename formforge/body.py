@@ -13,7 +13,10 @@ import asyncio
 import enum
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from formforge.bandwidth import Pace
 
 STALLED_AFTER_SECONDS = 1.0  # a holder this quiet lets a newer request take over
 
@@ -38,10 +41,11 @@ class BodyStream:
         self._watchdog: asyncio.TimerHandle | None = None
         self.end: BodyEnd | None = None
         self.received = 0
+        self.pace: Pace | None = None  # set by the service when bandwidth is limited
 
     # -- the producer side (the front) ---------------------------------------------------
 
-    def feed(self, chunk: bytes) -> asyncio.Future[None] | None:
+    def feed(self, chunk: bytes) -> Awaitable[Any] | None:
         if self.end is not None:
             return None  # the consumer is gone; the front is closing the connection
         self._last_activity = time.monotonic()
@@ -49,7 +53,12 @@ class BodyStream:
         self._chunks.append(chunk)
         self._wake(self._data_waiter)
         self._space_waiter = self._loop.create_future()
-        return self._space_waiter
+        if self.pace is None:
+            return self._space_waiter
+        delay = self.pace(len(chunk))
+        # Reading slowly on purpose is not stalling: no take-over, no idle cut meanwhile.
+        self._last_activity += delay
+        return asyncio.gather(self._space_waiter, asyncio.sleep(delay))
 
     def finish(self) -> None:
         self._close(BodyEnd.COMPLETE)

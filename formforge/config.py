@@ -192,9 +192,6 @@ class Settings(FileSettings):
 # key -> the only value accepted until the feature lands; delete its row when it does.
 _NOT_SUPPORTED_YET: Mapping[str, object] = {
     "storage.backend": "file",
-    "limits.bandwidth_per_upload": None,
-    "limits.bandwidth_total": None,
-    "limits.max_concurrent_uploads": None,
     "cluster.redis_url": None,
 }
 

@@ -21,6 +21,7 @@ class ErrorKind(enum.Enum):
     CHECKSUM_MISMATCH = ("checksum-mismatch", 460, True)  # bytes dropped; resend them
     CONNECTION_LOST = ("connection-lost", 499, True)  # event only: the body was cut
     SHUTTING_DOWN = ("shutting-down", 503, True)
+    SERVER_BUSY = ("server-busy", 503, True)  # max_concurrent_uploads; with Retry-After
     HOOK_FAILED = ("hook-failed", 503, True)  # a pre-create hook failed or timed out
     INSUFFICIENT_STORAGE = ("insufficient-storage", 507, True)
     INTERNAL = ("internal-error", 500, True)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from formforge.bandwidth import Bandwidth
 from formforge.body import BodyEnd, BodyStream
 from formforge.checksum import Checksum
 from formforge.errors import ErrorKind, UploadError
@@ -53,6 +54,7 @@ from formforge.wire import hook_new_upload, hook_upload
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+RETRY_AFTER_SECONDS = 2  # what a client beyond max_concurrent_uploads is told to wait
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class Limits:
     unfinished_ttl_seconds: float
     checksum_algorithms: tuple[str, ...]
     progress_interval_seconds: float
+    bandwidth_per_upload: int | None = None
+    bandwidth_total: int | None = None
+    max_concurrent_uploads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class UploadService:
         self.limits = limits
         self.hooks = hooks or HookRunner({}, 1.0)
         self.processor = Processor(store, bus, self.hooks)
+        self.bandwidth = Bandwidth(limits.bandwidth_per_upload, limits.bandwidth_total)
         self._writes: set[asyncio.Task[UploadInfo]] = set()
         self._bodies: set[BodyStream] = set()
         self.accepting = True
@@ -217,12 +223,14 @@ class UploadService:
         self._check_accepting()
         if not is_valid_upload_id(request.upload_id):
             raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
+        self._check_capacity()
         lock = await self.locker.acquire(request.upload_id, body.release_request)
         try:
             info = await self._writable(request)
         except BaseException:
             await lock.release()
             raise
+        body.pace = self.bandwidth.pace_for_upload()
         task = asyncio.create_task(self._write(info, request, body, lock))
         self._writes.add(task)
         self._bodies.add(body)
@@ -391,6 +399,15 @@ class UploadService:
     def _check_accepting(self) -> None:
         if not self.accepting:
             raise UploadError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
+
+    def _check_capacity(self) -> None:
+        limit = self.limits.max_concurrent_uploads
+        if limit is not None and len(self._writes) >= limit:
+            raise UploadError(
+                ErrorKind.SERVER_BUSY,
+                f"{limit} uploads are receiving already; try again shortly",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
 
     def _check_size(self, size: int | None) -> None:
         if size is not None and size > self.limits.max_size:

@@ -78,6 +78,8 @@ class FrontHandler(RequestHandler):
         value = exc_info[1] if exc_info else None
         if isinstance(value, UploadError):
             self.set_status(value.status, _REASONS.get(value.status))
+            if "retry_after" in value.details:
+                self.set_header("Retry-After", str(value.details["retry_after"]))
             self.render_error(value)
         else:  # Tornado's own (405, a malformed request, a body over the limit) or a bug
             self.render_error(_from_status(status_code, value))
