@@ -175,7 +175,8 @@ def _add_upload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Upload files over tus with a progress bar each; an interrupted upload "
         "of the same file resumes on the next run. Prints each finished upload's URL. "
         "Upload URLs are kept in $FORMFORGE_UPLOAD_STATE, else "
-        "$XDG_CACHE_HOME/formforge/uploads.json (default ~/.cache/formforge/uploads.json).",
+        "$XDG_CACHE_HOME/formforge/uploads.json (default ~/.cache/formforge/uploads.json). "
+        "A server with auth.bearer_tokens needs one of them in $FORMFORGE_TOKEN.",
     )
     upload.add_argument("files", nargs="+", metavar="FILE", type=Path)
     upload.add_argument(
@@ -198,7 +199,8 @@ def _add_upload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=_non_negative_int,
         default=UPLOAD_RETRIES,
         metavar="N",
-        help=f"tries again after a failed request, with backoff (default {UPLOAD_RETRIES})",
+        help="how often a request that failed for a passing reason (no connection, "
+        f"5xx, 409, 423) is tried again, with backoff (default {UPLOAD_RETRIES})",
     )
     upload.set_defaults(command=_upload)
 
@@ -238,6 +240,7 @@ def _upload(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         checksum=args.checksum,
         retry=client.RetryPolicy(retries=args.retries),
+        token=os.environ.get("FORMFORGE_TOKEN") or None,
     )
     try:
         complete = client.upload_files(args.files, options, out=sys.stdout, err=sys.stderr)

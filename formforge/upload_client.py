@@ -8,8 +8,8 @@ Who does what:
   URL there and HEADs it for the offset.
 - `TusFileUpload` replaces tuspy's three exchanges (POST, HEAD, PATCH). tuspy sets no
   time-out, so a network that goes silent would hang the command for ever; it reports no
-  progress within a chunk; and it retries every failed PATCH, 4xx included, after one
-  fixed delay.
+  progress within a chunk; and its retries (none by default) wait one fixed delay, retry
+  4xx answers too and do not cover the POST or the HEAD of a stored URL.
 - `call_with_retries` retries what can succeed later (no connection, a time-out, 5xx, 409,
   423: the table in formforge/errors.py) with capped exponential backoff and a bounded
   number of tries per request. Before a PATCH is tried again the offset is asked for again
@@ -71,7 +71,7 @@ class Retryable(UploadFailed):
 
 
 class GaveUp(UploadFailed):
-    """A request still failed after every try: the server is down or out of reach."""
+    """A request still failed after every try: the server is down, out of reach or failing."""
 
 
 class UploadGone(UploadFailed):
@@ -93,11 +93,14 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class UploadOptions:
+    """What `formforge upload` was asked for, checked by the command line's parser."""
+
     endpoint: str  # the creation URL, e.g. http://127.0.0.1:3000/files/
     state_path: Path  # where upload URLs are kept between runs (tuspy's FileStorage)
     chunk_size: int  # bytes per PATCH; one chunk is held in memory at a time
     checksum: str | None  # a key of formforge.checksum.HASHERS, or None
     retry: RetryPolicy
+    token: str | None = None  # sent as `Authorization: Bearer` (auth.bearer_tokens)
 
 
 # --- HTTP ------------------------------------------------------------------------------
@@ -121,8 +124,10 @@ def describe_request_error(error: requests.RequestException) -> str:
 class Http:
     """One `requests` session with time-outs; failures become `UploadFailed` subclasses."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
         self._session = requests.Session()
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self._session.close()
@@ -134,6 +139,8 @@ class Http:
             return self._session.request(
                 method, url, headers=headers, data=data, timeout=HTTP_TIMEOUT
             )
+        except requests.exceptions.SSLError as error:  # a ConnectionError, but lasting
+            raise UploadFailed(f"TLS failed: {_tls_reason(error)}") from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise Retryable(describe_request_error(error)) from error
         except requests.exceptions.ChunkedEncodingError as error:
@@ -156,6 +163,11 @@ class Http:
         raise UploadFailed(message)
 
 
+def _tls_reason(error: requests.exceptions.SSLError) -> str:
+    match = re.search(r"\[SSL: \w+\] ([^'\"()]+)", str(error))
+    return match.group(1).strip() if match else "the handshake failed"
+
+
 def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     return float(value) if value.isdigit() else None
@@ -174,6 +186,10 @@ def check_server(http: Http, endpoint: str, checksum: str | None) -> None:
         response = http.send("OPTIONS", endpoint, headers={"Tus-Resumable": TUS_VERSION})
     except UploadFailed as error:
         raise UploadFailed(f"cannot reach {endpoint}: {error}") from error
+    if response.status_code in (401, 403):
+        raise UploadFailed(
+            f"{endpoint} answered {response.status_code}: it needs a valid token (FORMFORGE_TOKEN)"
+        )
     if not response.ok or TUS_VERSION not in _header_list(response, "Tus-Version"):
         raise UploadFailed(
             f"{endpoint} is not a tus server "
@@ -500,7 +516,7 @@ def upload_files(paths: Sequence[Path], options: UploadOptions, out: TextIO, err
     is tried, unless the server stopped answering (`GaveUp`): then the run stops.
     """
     check_usage(paths, options.endpoint)
-    http = Http()
+    http = Http(options.token)
     try:
         check_server(http, options.endpoint, options.checksum)
         storage = open_state(options.state_path)
