@@ -22,9 +22,8 @@ class TokenCheck:
         if setting is None:
             return cls(None)
         if isinstance(setting, str):
-            lines = Path(setting).read_text().splitlines()
-            setting = tuple(line.strip() for line in lines)
-        return cls(frozenset(t for t in setting if t and not t.startswith("#")))
+            return cls(read_token_file(Path(setting)))
+        return cls(frozenset(setting))
 
     @property
     def enabled(self) -> bool:
@@ -51,3 +50,9 @@ class TokenCheck:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return True
         return path.startswith("/socket.io/")
+
+
+def read_token_file(path: Path) -> frozenset[str]:
+    """One token a line; blank lines and lines starting with # are skipped."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))

@@ -20,6 +20,8 @@ from pydantic_core import PydanticCustomError
 from yaml.constructor import ConstructorError
 from yaml.resolver import BaseResolver
 
+from formforge.auth import read_token_file
+
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
 
@@ -196,6 +198,22 @@ _NOT_SUPPORTED_YET: Mapping[str, object] = {
 }
 
 
+def _check_tokens(setting: tuple[str, ...] | str | None, source: str | None) -> None:
+    """No token at all would refuse every request: surely a mistake, so say so at start-up."""
+    if setting is None:
+        return
+    key = "auth.bearer_tokens"
+    try:
+        tokens = read_token_file(Path(setting)) if isinstance(setting, str) else setting
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError(f"cannot read {setting}: {reason}", source=source, key=key) from None
+    if not tokens or not all(tokens):
+        raise ConfigError(
+            "no tokens (or an empty one): every request would be refused", source=source, key=key
+        )
+
+
 def _refuse_unsupported(settings: FileSettings, source: str | None) -> None:
     for key, only_value in _NOT_SUPPORTED_YET.items():
         if attrgetter(key)(settings) != only_value:
@@ -370,4 +388,5 @@ def load_settings(
     except ValidationError as error:
         raise _validation_error(error, file_source, origins) from None
     _refuse_unsupported(sections, file_source)
+    _check_tokens(sections.auth.bearer_tokens, file_source)
     return Settings(**dict(sections), config_file=path)

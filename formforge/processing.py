@@ -85,6 +85,8 @@ class Processor:
         log.info("finished upload_id=%s size=%s sha256=%s", info.id, info.size, sha256)
 
     async def _fail(self, info: UploadInfo, error: Exception) -> None:
+        if (await self.store.get_info(info.id)).is_gone:
+            return  # deleted or expired meanwhile: nothing left to mark or to report
         log.warning("processing failed upload_id=%s error=%s", info.id, error)
         await self.store.update(info.id, state=UploadState.ERROR, error=str(error))
         self.bus.publish(

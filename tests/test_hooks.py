@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,7 +96,7 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -290,9 +291,7 @@ def serve(
     return start_server(args=["--config", str(config)], env=hook_end.env)
 
 
-def write_config(
-    path: Path, hook_end: HookEnd, points: tuple[str, ...], timeout: float
-) -> Path:
+def write_config(path: Path, hook_end: HookEnd, points: tuple[str, ...], timeout: float) -> Path:
     hooks: dict[str, Any] = {"timeout_seconds": timeout}
     for point in points:
         hooks[point.replace("-", "_")] = [hook_end.target()]
@@ -461,6 +460,8 @@ def test_pre_create_gets_the_new_upload_and_the_client_request(
     assert header(request["headers"], "X-Api-Key") == "k-123"
     assert header(request["headers"], "Tus-Resumable") == "1.0.0"
     assert request["remoteAddr"] == "127.0.0.1"
+    if isinstance(end, HttpEnd):  # a JSON POST
+        assert header(call.headers, "Content-Type") == "application/json"
 
 
 def test_a_pre_create_rejection_reaches_the_client_and_nothing_is_stored(
@@ -546,26 +547,27 @@ def test_failing_or_timed_out_hooks(
     start_server: Callable[..., Any], tmp_path: Path, end: HookEnd
 ) -> None:
     """pre-create: 503 and nothing stored; post-finish: `error` and processing-failed."""
-    server = serve(start_server, tmp_path, end, points=(PRE, POST), timeout=1.0)
+    server = serve(start_server, tmp_path, end, points=(PRE, POST), timeout=0.5)
     attempts = 3 if end.transport == "http" else 1
     before = stored_files(server)
 
     end.set(PRE, fail=True)
-    started = time.monotonic()
     response = tus_create(server, 4, {"filename": "a.bin"})
     assert response.status_code == 503, response.text
     assert len(end.calls(PRE)) == attempts
-    end.set(PRE, sleep=3)
-    response = tus_create(server, 4, {"filename": "a.bin"})
-    assert response.status_code == 503, response.text
-    assert len(end.calls(PRE)) == 2 * attempts
-    assert time.monotonic() - started < 8, "the time-out did not cut the slow hook"
-    assert stored_files(server) == before
     rest = HTTP.post(
         server.url + "/api/files/upload", json={"filename": "a.bin", "size": 4}, timeout=WAIT
     )
     assert rest.status_code == 503, rest.text
     assert rest.json()["error"]["code"]
+    assert len(end.calls(PRE)) == 2 * attempts
+    end.set(PRE, sleep=3)
+    started = time.monotonic()
+    response = tus_create(server, 4, {"filename": "a.bin"})
+    assert response.status_code == 503, response.text
+    assert len(end.calls(PRE)) == 3 * attempts
+    assert time.monotonic() - started < 2.9, "the time-out did not cut the slow hook"
+    assert stored_files(server) == before
 
     end.set(PRE, answer={})
     for how in ({"fail": True}, {"sleep": 3}):
@@ -593,7 +595,7 @@ def test_a_slow_post_finish_hook_is_the_processing_state(
     start_server: Callable[..., Any], tmp_path: Path, end: HookEnd
 ) -> None:
     server = serve(start_server, tmp_path, end, points=(POST,), timeout=5.0)
-    slow = 1.5
+    slow = 1.0
     end.set(POST, sleep=slow)
     data = b"x" * 5000
 
@@ -658,8 +660,9 @@ def test_post_terminate_gets_the_deleted_upload(
     )
     head = HTTP.head(server.files_url + other, headers=TUS, timeout=WAIT)
     assert head.status_code in (404, 410)
-    assert not any(name.startswith(other) and not name.endswith(".info")
-                   for name in stored_files(server))
+    assert not any(
+        name.startswith(other) and not name.endswith(".info") for name in stored_files(server)
+    )
 
 
 # ============================================================ restarts and metrics
@@ -717,3 +720,48 @@ def test_metrics_count_hook_calls_and_failures(
         lambda: metric(server, "formforge_hook_calls_total" + post) == 1, "post-finish counted"
     )
     assert metric(server, "formforge_hook_failures_total" + post) == 0
+
+
+# ============================================================ hooks and the rest of the server
+
+
+def test_a_delete_during_processing_stays_deleted_when_the_hook_then_fails(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """CONTRACT.md: DELETE removes the upload (then 404/410); a post-finish failure must not
+    bring a terminated upload back as `error`."""
+    end = CommandEnd(tmp_path)
+    end.set(POST, sleep=1.0, fail=True)
+    server = serve(start_server, tmp_path, end, points=(POST,), timeout=5.0)
+    upload_id = tus_id(tus_create(server, 4, {"filename": "d.bin"}))
+    assert tus_patch(server, upload_id, 0, b"data").status_code == 204
+    [call] = wait_until(lambda: end.calls(POST) or None, "the post-finish hook started")
+    assert HTTP.delete(server.files_url + upload_id, headers=TUS, timeout=WAIT).status_code == 204
+    time.sleep(max(0.0, call.at + 1.0 - time.monotonic()) + 0.5)  # the hook has failed by now
+    head = HTTP.head(server.files_url + upload_id, headers=TUS, timeout=WAIT)
+    assert head.status_code in (404, 410), (head.status_code, dict(head.headers))
+    rest = HTTP.get(f"{server.url}/api/files/upload/{upload_id}", timeout=WAIT)
+    assert rest.status_code in (404, 410), (rest.status_code, rest.text)
+
+
+def test_timed_out_plain_python_hooks_do_not_stall_other_requests(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A plain function that hangs is cut off at the time-out (503); what it still occupies
+    must not stall the rest of the server (other uploads' HEAD, new creations)."""
+    end = PythonEnd(tmp_path)
+    end.set(PRE, answer={})
+    server = serve(start_server, tmp_path, end, points=(PRE,), timeout=0.5)
+    existing = tus_id(tus_create(server, 4, {}))
+    end.set(PRE, sleep=8)
+    with ThreadPoolExecutor(40) as pool:
+        statuses = list(pool.map(lambda _: tus_create(server, 4, {}).status_code, range(40)))
+    assert statuses == [503] * 40
+    end.set(PRE, answer={})
+    started = time.monotonic()
+    head = HTTP.head(server.files_url + existing, headers=TUS, timeout=WAIT)
+    assert head.status_code == 200
+    created = tus_create(server, 4, {})
+    elapsed = time.monotonic() - started
+    assert created.status_code == 201, created.text
+    assert elapsed < 2.0, f"HEAD + POST took {elapsed:.1f} s behind the hung hooks"

@@ -17,7 +17,7 @@ from formforge.errors import ErrorKind, UploadError
 from formforge.hooks.command import call_command
 from formforge.hooks.failure import HookFailed
 from formforge.hooks.http import call_http
-from formforge.hooks.python import call_python
+from formforge.hooks.python import PythonCaller
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class RequestInfo:
         return {"headers": dict(self.headers), "remoteAddr": self.remote_addr}
 
 
+# (address, the JSON object, time-out) -> the target's answer.
+Transport = Callable[[str, dict[str, Any], float], Awaitable[Any]]
 # (point, transport, seconds, ok) -> None: what metrics hear of every call.
 Observer = Callable[[str, str, float, bool], None]
 
@@ -60,6 +62,11 @@ class HookRunner:
         self.targets = targets
         self.timeout = timeout_seconds
         self.observe = observe or (lambda *_: None)
+        self.transports: dict[str, Transport] = {
+            "http": call_http,
+            "command": call_command,
+            "python": PythonCaller(),
+        }
 
     def has(self, point: str) -> bool:
         return bool(self.targets.get(point))
@@ -98,7 +105,7 @@ class HookRunner:
         started = time.monotonic()
         ok = False
         try:
-            answer = await _TRANSPORTS[target.transport](target.address, payload, self.timeout)
+            answer = await self.transports[target.transport](target.address, payload, self.timeout)
             if not isinstance(answer, dict):
                 raise HookFailed(f"{target} answered {type(answer).__name__}, not an object")
             ok = True
@@ -128,10 +135,3 @@ def _apply_pre_create_answer(answer: dict[str, Any], metadata: dict[str, str]) -
     ):
         raise UploadError(ErrorKind.HOOK_FAILED, "a pre-create hook answered bad metadata")
     return dict(replaced)
-
-
-_TRANSPORTS: dict[str, Callable[[str, dict[str, Any], float], Awaitable[Any]]] = {
-    "http": call_http,
-    "command": call_command,
-    "python": call_python,
-}

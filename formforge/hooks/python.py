@@ -1,7 +1,9 @@
 """Python hooks: `module:function`, called with the JSON object; its return value is the reply.
 
-A coroutine function is awaited; a plain function runs in a worker thread, so a slow hook
-never blocks the event loop. Either is cut off at the time-out.
+A coroutine function is awaited; a plain function runs in a thread pool of its own, so a
+slow hook never blocks the event loop, and hooks that hang past their time-out (a thread
+cannot be stopped) tie up only that pool, never the one the store's disk work runs in.
+Either is cut off at the time-out.
 """
 
 from __future__ import annotations
@@ -10,24 +12,33 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
 from formforge.hooks.failure import HookFailed
 
+POOL_THREADS = 64  # hung hooks hold a thread each until they return; keep room for live ones
 
-async def call_python(address: str, payload: dict[str, Any], timeout: float) -> Any:
-    function = _load(address)
-    try:
-        if inspect.iscoroutinefunction(function):
-            return await asyncio.wait_for(function(payload), timeout)
-        return await asyncio.wait_for(asyncio.to_thread(function, payload), timeout)
-    except TimeoutError:
-        raise HookFailed(f"{address} timed out after {timeout} s") from None
-    except HookFailed:
-        raise
-    except Exception as error:  # the hook's own failure, whatever it is
-        raise HookFailed(f"{address} raised {type(error).__name__}: {error}") from error
+
+class PythonCaller:
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="formforge-hook")
+
+    async def __call__(self, address: str, payload: dict[str, Any], timeout: float) -> Any:
+        function = _load(address)
+        loop = asyncio.get_running_loop()
+        try:
+            if inspect.iscoroutinefunction(function):
+                return await asyncio.wait_for(function(payload), timeout)
+            call = loop.run_in_executor(self._pool, function, payload)
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            raise HookFailed(f"{address} timed out after {timeout} s") from None
+        except HookFailed:
+            raise
+        except Exception as error:  # the hook's own failure, whatever it is
+            raise HookFailed(f"{address} raised {type(error).__name__}: {error}") from error
 
 
 @cache
