@@ -15,12 +15,15 @@ from tornado.web import StaticFileHandler
 from formforge.auth import TokenCheck
 from formforge.config import HookTarget, Settings
 from formforge.events import EventBus
+from formforge.fanout import LocalFanoutManager
 from formforge.fronts.guard import GuardedApplication
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler
 from formforge.fronts.tus import TusHandler
 from formforge.hooks import POST_FINISH, POST_TERMINATE, PRE_CREATE, HookRunner, Target
-from formforge.locks import MemoryLocker
+from formforge.locks import Locker, MemoryLocker
+from formforge.locks_file import FileLocker
+from formforge.locks_redis import RedisLocker
 from formforge.metrics import Metrics
 from formforge.realtime import RealtimeBridge, UploadNamespace, create_socketio
 from formforge.service import Limits, UploadService
@@ -32,6 +35,17 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ID_PATTERN = r"(?P<upload_id>.+?)"  # invalid ids get a tus-style 404 from the handler
 
 
+@dataclass(frozen=True)
+class Role:
+    """Which of several worker processes this is. Store recovery runs once, before any worker
+    starts (it would cut back another worker's write); resuming processing and sweeping run in
+    the leader only, so no upload is processed or expired twice."""
+
+    workers: int = 1
+    leader: bool = True
+    recover_store: bool = True
+
+
 @dataclass
 class FormForgeApp:
     """The Tornado application and what runs beside it."""
@@ -41,14 +55,18 @@ class FormForgeApp:
     service: UploadService
     metrics: Metrics
     sio: socketio.AsyncServer
+    role: Role
     _sweeper: asyncio.Task[None] | None = field(default=None)
 
     async def start(self) -> None:
-        await self.service.store.recover()
-        resumed = await self.service.processor.resume()
-        if resumed:
-            log.info("processing resumed uploads=%d", resumed)
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        await self.service.locker.start()
+        if self.role.recover_store:
+            await self.service.store.recover()
+        if self.role.leader:
+            resumed = await self.service.processor.resume()
+            if resumed:
+                log.info("processing resumed uploads=%d", resumed)
+            self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
         await self.service.shutdown()
@@ -56,6 +74,7 @@ class FormForgeApp:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.service.locker.close()
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.expiration.sweep_interval_seconds
@@ -69,19 +88,22 @@ class FormForgeApp:
                 log.exception("sweep failed")
 
 
-def create_app(settings: Settings, self_url: str | None = None) -> FormForgeApp:
+def create_app(
+    settings: Settings, self_url: str | None = None, role: Role | None = None
+) -> FormForgeApp:
     """Wire everything. `self_url` is where the server listens, for absolute URLs in events
     when no `server.public_url` is configured."""
+    role = role or Role()
     bus = EventBus()
     metrics = Metrics()
     bus.subscribe(metrics.on_event)
-    store = FileStore(Path(settings.storage.path), fsync=settings.storage.fsync)
+    store = _store(settings)
     hooks = HookRunner(_hook_targets(settings), settings.hooks.timeout_seconds, metrics.on_hook)
-    service = UploadService(store, MemoryLocker(), bus, _limits(settings), hooks)
+    service = UploadService(store, _locker(settings, role), bus, _limits(settings), hooks)
     tokens = TokenCheck.from_setting(settings.auth.bearer_tokens)
     public_url = str(settings.server.public_url).rstrip("/") if settings.server.public_url else None
     cors_origins = tuple(settings.server.cors_origins)
-    sio = create_socketio(cors_origins)
+    sio = create_socketio(cors_origins, _client_manager(settings, role))
     sio.register_namespace(UploadNamespace(service, tokens))
     base = public_url or self_url or f"http://{settings.server.host}:{settings.server.port}"
     bus.subscribe(RealtimeBridge(sio, lambda upload_id: f"{base}/files/{upload_id}").on_event)
@@ -108,7 +130,34 @@ def create_app(settings: Settings, self_url: str | None = None) -> FormForgeApp:
         log_function=metrics.on_request,
         idle_timeout_seconds=settings.server.idle_timeout_seconds,
     )
-    return FormForgeApp(settings, application, service, metrics, sio)
+    return FormForgeApp(settings, application, service, metrics, sio, role)
+
+
+def _store(settings: Settings) -> FileStore:
+    return FileStore(Path(settings.storage.path), fsync=settings.storage.fsync)
+
+
+async def recover_store(settings: Settings) -> None:
+    """What a crash left half-done in the store, made whole; once, before any worker runs."""
+    await _store(settings).recover()
+
+
+def _locker(settings: Settings, role: Role) -> Locker:
+    """One writer per upload: across hosts through Redis, across workers through files."""
+    if settings.cluster.redis_url:
+        return RedisLocker(settings.cluster.redis_url)
+    if role.workers > 1:
+        return FileLocker(Path(settings.storage.path))
+    return MemoryLocker()
+
+
+def _client_manager(settings: Settings, role: Role) -> socketio.AsyncManager | None:
+    """Socket.IO events reach clients on any node (Redis) or any worker (local fan-out)."""
+    if settings.cluster.redis_url:
+        return socketio.AsyncRedisManager(settings.cluster.redis_url)
+    if role.workers > 1:
+        return LocalFanoutManager(Path(settings.storage.path) / ".fanout")
+    return None
 
 
 def _hook_targets(settings: Settings) -> dict[str, list[Target]]:

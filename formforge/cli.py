@@ -75,6 +75,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one")
     serve.add_argument("--data-dir", help="where uploads are stored (default ./data)")
     serve.add_argument("--config", metavar="PATH", help="YAML config (default ./config.yaml)")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes sharing the port, to use every core (default 1)",
+    )
     serve.set_defaults(command=_serve)
 
 
@@ -89,7 +95,22 @@ def _serve(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return EXIT_USAGE
     _configure_logging()
+    if args.workers > 1:
+        return _supervise(settings, args.workers)
     return asyncio.run(run_server(settings, _load_server_class()))
+
+
+def _supervise(settings: Settings, workers: int) -> int:
+    from formforge.workers import supervise
+
+    def run_worker(server: ServerLike) -> int:
+        return asyncio.run(run_server(settings, lambda _: server, announce=False))
+
+    try:
+        return supervise(settings, workers, run_worker)
+    except OSError as error:
+        print(_start_error_line(settings, error), file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _configure_logging() -> None:
@@ -104,20 +125,29 @@ def _load_server_class() -> ServerFactory:
     return Server
 
 
-async def run_server(settings: Settings, server_factory: ServerFactory) -> int:
+async def run_server(
+    settings: Settings, server_factory: ServerFactory, announce: bool = True
+) -> int:
     """Serves until SIGTERM or SIGINT, then stops the server; returns the exit status.
 
-    Prints the URL as the one line on standard output once the server listens.
+    Prints the URL as the one line on standard output once the server listens (a worker
+    under `--workers` does not: its supervisor does, once).
     """
     stop_requested = asyncio.Event()
-    _install_signal_handlers(stop_requested)
+    if announce:
+        _install_signal_handlers(stop_requested, (signal.SIGTERM, signal.SIGINT), _on_signal)
+    else:
+        # A worker may get SIGTERM twice (from its supervisor and from a service manager
+        # that signals the whole group); the second must not cut the clean stop short.
+        _install_signal_handlers(stop_requested, (signal.SIGTERM,), _on_worker_signal)
     server = server_factory(settings)
     try:
         url = await server.start()
     except OSError as error:
         print(_start_error_line(settings, error), file=sys.stderr)
         return EXIT_FAILURE
-    print(url, flush=True)
+    if announce:
+        print(url, flush=True)
     await stop_requested.wait()
     await _stop(server)
     return EXIT_OK
@@ -130,10 +160,20 @@ def _start_error_line(settings: Settings, error: OSError) -> str:
     return f"error: cannot start the server: {error}"
 
 
-def _install_signal_handlers(stop_requested: asyncio.Event) -> None:
+def _install_signal_handlers(
+    stop_requested: asyncio.Event,
+    signals: tuple[signal.Signals, ...],
+    handler: Callable[[int, asyncio.Event], None],
+) -> None:
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _on_signal, signum, stop_requested)
+    for signum in signals:
+        loop.add_signal_handler(signum, handler, signum, stop_requested)
+
+
+def _on_worker_signal(signum: int, stop_requested: asyncio.Event) -> None:
+    if not stop_requested.is_set():
+        logger.info("stopping signal=%s", signal.Signals(signum).name)
+        stop_requested.set()
 
 
 def _on_signal(signum: int, stop_requested: asyncio.Event) -> None:

@@ -194,7 +194,6 @@ class Settings(FileSettings):
 # key -> the only value accepted until the feature lands; delete its row when it does.
 _NOT_SUPPORTED_YET: Mapping[str, object] = {
     "storage.backend": "file",
-    "cluster.redis_url": None,
 }
 
 

@@ -30,6 +30,12 @@ class Lock(ABC):
 
 
 class Locker(ABC):
+    async def start(self) -> None:  # noqa: B027 - most lockers have nothing to set up
+        """Connect or set up what the locker needs; called once at start-up."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Let go of connections and files; called once, after writes have stopped."""
+
     @abstractmethod
     async def acquire(
         self, upload_id: str, release_request: ReleaseRequest, *, force: bool = False

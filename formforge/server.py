@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from formforge.app import FormForgeApp, create_app
+from formforge.app import FormForgeApp, Role, create_app
 from formforge.config import Settings
 
 log = logging.getLogger(__name__)
@@ -23,20 +24,32 @@ CLOSE_TIMEOUT_SECONDS = 3.0
 MIN_HEADER_BYTES = 256 * 1024
 
 
+def listening_url(host: str, sockets: list[socket.socket]) -> str:
+    port = sockets[0].getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class Server:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sockets: list[socket.socket] | None = None,
+        role: Role | None = None,
+    ) -> None:
+        """`sockets` already bound (by a supervisor, shared by its workers), or None to bind."""
         self.settings = settings
+        self.sockets = sockets
+        self.role = role or Role()
         self.app: FormForgeApp | None = None
         self._http: HTTPServer | None = None
 
     async def start(self) -> str:
         """Recover the store, bind, and return the URL clients use."""
         server = self.settings.server
-        sockets = bind_sockets(server.port, server.host)  # first: a taken port starts nothing
-        port = sockets[0].getsockname()[1]
-        host = f"[{server.host}]" if ":" in server.host else server.host
-        url = f"http://{host}:{port}"
-        self.app = create_app(self.settings, self_url=url)
+        # Bind first: a taken port starts nothing.
+        sockets = self.sockets or bind_sockets(server.port, server.host)
+        url = listening_url(server.host, sockets)
+        self.app = create_app(self.settings, self_url=url, role=self.role)
         await self.app.start()
         self._http = HTTPServer(
             self.app.application,

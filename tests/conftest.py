@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ class ServerProcess:
             [sys.executable, "-m", "formforge", "serve", "--host", "127.0.0.1", *port_args,
              "--data-dir", str(self.data_dir), *self.args],
             cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+            text=True, start_new_session=True,  # its own group: kill() reaches --workers too
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
@@ -78,7 +79,8 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: the crash case, nothing gets a chance to clean up."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def terminate(self, timeout: float = 10.0) -> int:

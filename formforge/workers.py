@@ -1,0 +1,73 @@
+"""`formforge serve --workers N`: N processes sharing one listening socket, to use every core.
+
+The supervisor binds the socket and recovers the store once, then forks the workers and waits.
+SIGTERM or SIGINT to the supervisor becomes SIGTERM to each worker, which stops cleanly
+(persisting what its requests received); a worker that dies otherwise is replaced.
+Workers coordinate through the cross-process locker and Socket.IO fan-out that `create_app`
+picks for `Role.workers > 1` (files and Unix sockets in the data dir, or Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+from tornado.netutil import bind_sockets
+
+from formforge.app import Role, recover_store
+from formforge.config import Settings
+from formforge.server import Server, listening_url
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 10
+RunWorker = Callable[[Server], int]  # runs one worker's server until SIGTERM; exit status
+
+
+def supervise(settings: Settings, workers: int, run_worker: RunWorker) -> int:
+    """Serve with `workers` processes; returns the supervisor's exit status."""
+    sockets = bind_sockets(settings.server.port, settings.server.host)
+    asyncio.run(recover_store(settings))
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def spawn(index: int) -> None:
+        role = Role(workers=workers, leader=index == 0, recover_store=False)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor tells it when to stop
+            os._exit(run_worker(Server(settings, sockets, role)))
+        children[pid] = index
+
+    for index in range(workers):
+        spawn(index)
+    print(listening_url(settings.server.host, sockets), flush=True)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("stopping workers=%d signal=%s", len(children), signal.Signals(signum).name)
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts = 0
+    while children:
+        pid, status = os.wait()
+        index = children.pop(pid, -1)
+        if index < 0 or stopping:
+            continue
+        log.warning("worker died index=%d status=%d", index, status)
+        restarts += 1
+        if restarts > MAX_RESTARTS:
+            print("error: workers keep dying; stopping", file=sys.stderr)
+            stop(signal.SIGTERM, None)
+            return 1
+        spawn(index)
+    return 0

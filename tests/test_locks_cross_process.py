@@ -1,0 +1,479 @@
+"""One writer at a time across processes: the Redis locker and the file locker.
+
+CONTRACT.md, "One writer at a time", with several processes (`serve --workers N`) or nodes
+(`cluster.redis_url`): the same rules as tests/test_locks.py, with the holder in another
+process. A holder is a real child process (HOLDER below) holding a lock for a real
+`BodyStream`; the asker is this process. Redis is a real `redis-server` on 127.0.0.1.
+
+- a free lock is taken at once;
+- a holder still receiving refuses: 423;
+- a stalled holder is asked, stops, lets go, and the asker has the lock within a second;
+- force always takes over;
+- a holder that agrees but never lets go costs the asker at most the wait;
+- a holder process killed with SIGKILL: its lock is free again (file: at once; Redis:
+  within a lease, 10 s in the contract, 1 s here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from formforge.body import BodyEnd, BodyStream
+from formforge.errors import ErrorKind, UploadError
+from formforge.locks import Lock, Locker
+from formforge.locks_file import FileLocker
+from formforge.locks_redis import KEY_PREFIX, RedisLocker
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+AT_ONCE = 0.5  # seconds: a free lock, a refusal, a dead flock holder
+TAKEOVER = 1.0  # "the new request proceeds within a second"
+SLACK = 0.3  # scheduling slack on top of a contract's time
+LINE_TIMEOUT = 10.0  # for a holder process to say something (it imports, connects...)
+
+# A holder process: takes the lock for a body, says "held", then behaves as `mode` says:
+#   active   -- a byte every 50 ms: refuses unless forced
+#   stalled  -- silent for 1.5 s already: agrees, stops and lets go
+#   stubborn -- agrees to every request and never lets go
+# It reports how its body ended and when it let go, one line each.
+HOLDER = r"""
+import asyncio, json, sys
+from pathlib import Path
+from formforge.body import BodyStream
+
+async def feed(body):
+    while body.end is None:
+        body.feed(b"x")
+        await asyncio.sleep(0.05)
+
+async def main(config):
+    if config["kind"] == "redis":
+        from formforge.locks_redis import RedisLocker
+        locker = RedisLocker(config["target"], lease_seconds=config["lease"])
+    else:
+        from formforge.locks_file import FileLocker
+        locker = FileLocker(Path(config["target"]))
+    if config["mode"] == "stubborn":
+        await locker.acquire(config["upload"], lambda force: True)
+        print("held", flush=True)
+        await asyncio.Event().wait()
+    body = BodyStream(60.0, lambda end: None)
+    lock = await locker.acquire(config["upload"], body.release_request)
+    print("held", flush=True)
+    if config["mode"] == "stalled":
+        body._last_activity -= 1.5
+    else:
+        feeder = asyncio.create_task(feed(body))
+    async for _ in body:
+        pass
+    print("ended", body.end.value, flush=True)
+    await lock.release()
+    print("released", flush=True)
+    await locker.close()
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+# -- Redis, for the whole session ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, server)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "redis-server exited at start"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(64).startswith(b"+PONG"):
+                    return
+        time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+# -- a backend: lockers in this process, holders in others -----------------------------------
+
+
+@dataclass
+class Holder:
+    process: asyncio.subprocess.Process
+
+    async def says(self, timeout: float = LINE_TIMEOUT) -> str:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        return line.decode().strip()
+
+    async def is_quiet_for(self, seconds: float) -> bool:
+        try:
+            said = await self.says(seconds)
+        except TimeoutError:
+            return self.process.returncode is None
+        raise AssertionError(f"the holder said {said!r}")
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+
+@dataclass
+class Backend:
+    kind: str
+    target: str  # the Redis URL, or the data dir
+    lockers: list[RedisLocker | FileLocker] = field(default_factory=list)
+    holders: list[Holder] = field(default_factory=list)
+
+    def locker(
+        self, *, lease_seconds: float | None = None, **options: Any
+    ) -> RedisLocker | FileLocker:
+        locker: RedisLocker | FileLocker
+        if self.kind == "redis":
+            if lease_seconds is not None:
+                options["lease_seconds"] = lease_seconds
+            locker = RedisLocker(self.target, **options)
+        else:
+            locker = FileLocker(Path(self.target), **options)
+        self.lockers.append(locker)
+        return locker
+
+    async def holder(self, upload_id: str, mode: str, lease: float = 5.0) -> Holder:
+        config = {
+            "kind": self.kind,
+            "target": self.target,
+            "upload": upload_id,
+            "mode": mode,
+            "lease": lease,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            HOLDER,
+            json.dumps(config),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        holder = Holder(process)
+        self.holders.append(holder)
+        assert await holder.says() == "held"
+        return holder
+
+    async def close(self) -> None:
+        for holder in self.holders:
+            await holder.kill()
+        for locker in self.lockers:
+            await locker.close()
+
+
+def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A backend whose lockers and holder processes are closed and killed after the test."""
+    io_loop = request.getfixturevalue("io_loop")  # the test's loop, closed after us
+    if kind == "redis":
+        backend = Backend("redis", request.getfixturevalue("redis_url"))
+    else:
+        backend = Backend("file", str(tmp_path / "data"))
+    yield backend
+    io_loop.run_sync(backend.close, timeout=15)
+
+
+@pytest.fixture(params=["redis", "file"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from open_backend(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from open_backend("redis", request, tmp_path)
+
+
+@pytest.fixture
+def file_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from open_backend("file", request, tmp_path)
+
+
+def new_upload_id() -> str:
+    return uuid.uuid4().hex  # each test its own key on the shared Redis
+
+
+def body(idle: float = 0.0) -> BodyStream:
+    stream = BodyStream(60.0, lambda end: None)
+    stream._last_activity -= idle
+    return stream
+
+
+def active_body() -> BodyStream:
+    stream = body()
+    stream.feed(b"fresh bytes")  # received just now, not yet taken: active
+    return stream
+
+
+async def refused(locker: Locker, upload_id: str, **options: Any) -> float:
+    """Acquire, expecting 423; returns how long the answer took."""
+    started = time.monotonic()
+    with pytest.raises(UploadError) as error:
+        await locker.acquire(upload_id, active_body().release_request, **options)
+    assert error.value.kind is ErrorKind.UPLOAD_LOCKED
+    return time.monotonic() - started
+
+
+# -- the rules, with the holder in another process -------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_free_lock_is_taken_at_once_and_freed_by_release_and_close(
+    backend: Backend,
+) -> None:
+    upload = new_upload_id()
+    locker = backend.locker()
+    started = time.monotonic()
+    lock = await locker.acquire(upload, body().release_request)
+    assert time.monotonic() - started < AT_ONCE
+    await lock.release()
+    await lock.release()  # idempotent
+    other = backend.locker()
+    await other.acquire(upload, active_body().release_request)
+    await other.close()  # lets go of what it still holds
+    started = time.monotonic()
+    await (await locker.acquire(upload, body().release_request)).release()
+    assert time.monotonic() - started < AT_ONCE
+    await backend.holder(upload, "active")  # and another process gets it ("held")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_holder_still_receiving_refuses_and_the_asker_gets_423(
+    backend: Backend,
+) -> None:
+    upload = new_upload_id()
+    holder = await backend.holder(upload, "active")
+    assert await refused(backend.locker(), upload) < AT_ONCE
+    assert await holder.is_quiet_for(0.3)  # unharmed, still holding
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_stalled_holder_is_stopped_and_lets_go_within_a_second(
+    backend: Backend,
+) -> None:
+    upload = new_upload_id()
+    holder = await backend.holder(upload, "stalled")
+    started = time.monotonic()
+    lock = await backend.locker().acquire(upload, body().release_request)
+    assert time.monotonic() - started < TAKEOVER
+    assert await holder.says() == "ended stopped"
+    assert await holder.says() == "released"
+    await lock.release()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_force_takes_over_even_an_active_holder(backend: Backend) -> None:
+    upload = new_upload_id()
+    holder = await backend.holder(upload, "active")
+    started = time.monotonic()
+    lock = await backend.locker().acquire(upload, body().release_request, force=True)
+    assert time.monotonic() - started < TAKEOVER
+    assert await holder.says() == "ended stopped"
+    await lock.release()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_holder_that_agrees_but_never_lets_go_costs_at_most_the_wait(
+    backend: Backend,
+) -> None:
+    upload = new_upload_id()
+    await backend.holder(upload, "stubborn")
+    assert await refused(backend.locker(wait_seconds=0.3), upload) < 0.3 + SLACK
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_killed_holder_process_frees_its_lock(backend: Backend) -> None:
+    """File: the kernel drops the flock at once. Redis: the lease runs out (1 s here)."""
+    upload = new_upload_id()
+    lease = 1.0
+    holder = await backend.holder(upload, "active", lease=lease)
+    asker = backend.locker(lease_seconds=lease)
+    await asyncio.sleep(1.5 * lease)  # past one lease: still held, so it is renewed
+    await refused(asker, upload)
+    await holder.kill()
+    started = time.monotonic()
+    lock = await acquire_with_retries(asker, upload, within=2 * lease + SLACK)
+    elapsed = time.monotonic() - started
+    assert elapsed < (AT_ONCE if backend.kind == "file" else lease + TAKEOVER + SLACK)
+    await lock.release()
+
+
+async def acquire_with_retries(locker: Locker, upload_id: str, within: float) -> Lock:
+    """What a tus client does: retry the 423 until it goes through."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await locker.acquire(upload_id, body().release_request)
+        except UploadError as error:
+            assert error.kind is ErrorKind.UPLOAD_LOCKED
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_two_askers_at_once_one_gets_the_lock_and_the_other_423(
+    backend: Backend,
+) -> None:
+    upload = new_upload_id()
+    await backend.holder(upload, "stalled")
+    first, second = backend.locker(), backend.locker()  # two more processes, or nodes
+    started = time.monotonic()
+    results = await asyncio.gather(
+        first.acquire(upload, active_body().release_request),
+        second.acquire(upload, active_body().release_request),
+        return_exceptions=True,
+    )
+    assert time.monotonic() - started < TAKEOVER + SLACK
+    locks = [result for result in results if isinstance(result, Lock)]
+    errors = [result for result in results if isinstance(result, UploadError)]
+    assert len(locks) == 1, results
+    assert [error.kind for error in errors] == [ErrorKind.UPLOAD_LOCKED], results
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_two_requests_of_one_process_exclude_each_other(backend: Backend) -> None:
+    upload = new_upload_id()
+    locker = backend.locker()
+    holder = active_body()
+    await locker.acquire(upload, holder.release_request)
+    assert await refused(locker, upload) < AT_ONCE
+    assert holder.end is None
+
+    other = backend.locker()  # another locker in the same process: still one writer
+    assert await refused(other, upload) < AT_ONCE
+
+    stalled = body(idle=1.5)
+    second_upload = new_upload_id()
+    lock = await locker.acquire(second_upload, stalled.release_request)
+
+    async def holder_saves_and_releases() -> None:
+        async for _ in stalled:
+            pass
+        await lock.release()
+
+    task = asyncio.create_task(holder_saves_and_releases())
+    started = time.monotonic()
+    taken = await other.acquire(second_upload, body().release_request)
+    assert time.monotonic() - started < TAKEOVER
+    assert stalled.end is BodyEnd.STOPPED
+    await task
+    await taken.release()
+
+
+# -- what only one of them has ---------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_redis_a_holder_that_lost_its_lease_is_stopped(redis_backend: Backend) -> None:
+    backend = redis_backend
+
+    upload = new_upload_id()
+    holder = active_body()
+    await backend.locker(lease_seconds=0.5).acquire(upload, holder.release_request)
+    client = Redis.from_url(backend.target)
+    try:
+        await client.delete(KEY_PREFIX + upload)  # as if the lease ran out meanwhile
+    finally:
+        await client.aclose()
+    deadline = time.monotonic() + 1.0
+    while holder.end is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert holder.end is BodyEnd.STOPPED
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_file_locks_stay_in_the_data_dir_and_dead_leftovers_are_swept(
+    file_backend: Backend, tmp_path: Path
+) -> None:
+    backend = file_backend
+    locks = Path(backend.target) / ".locks"
+    upload = new_upload_id()
+    holder = await backend.holder(upload, "active")
+    assert {p.suffix for p in locks.iterdir()} == {".lock", ".sock"}
+    await holder.kill()  # leaves its socket and its (now unheld) lock file behind
+    assert any(p.suffix == ".sock" for p in locks.iterdir())
+
+    locker = backend.locker()
+    assert isinstance(locker, FileLocker)
+    await locker.start()
+    assert sorted(p.name for p in locks.iterdir()) == [locker.socket_name]
+    await (await locker.acquire(upload, body().release_request)).release()
+    await locker.close()
+    assert list(locks.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_file_locker_works_under_a_data_dir_too_long_for_a_socket_path(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / ("d" * 60) / ("e" * 60)
+    first, second = FileLocker(data_dir), FileLocker(data_dir)
+    try:
+        stalled = body(idle=1.5)
+        lock = await first.acquire("u" * 22, stalled.release_request)
+        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(lock.release()))
+        taken = await second.acquire("u" * 22, body().release_request)
+        assert stalled.end is BodyEnd.STOPPED
+        await taken.release()
+    finally:
+        await first.close()
+        await second.close()

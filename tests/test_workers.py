@@ -1,0 +1,149 @@
+"""`formforge serve --workers N`: processes sharing one port behave as one server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import socketio
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
+WAIT = 10.0
+
+
+def fresh_session() -> requests.Session:
+    """No keep-alive: every request opens a connection, so the kernel spreads them over
+    the workers."""
+    session = requests.Session()
+    session.headers["Connection"] = "close"
+    return session
+
+
+def create(server: Any, size: int) -> str:
+    answer = fresh_session().post(
+        server.files_url, headers={**TUS, "Upload-Length": str(size)}, timeout=WAIT
+    )
+    assert answer.status_code == 201
+    return str(answer.headers["Location"])
+
+
+def patch(url: str, offset: int, body: bytes) -> requests.Response:
+    return fresh_session().patch(
+        url, data=body, timeout=WAIT, headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}
+    )
+
+
+def worker_pids(server: Any) -> set[int]:
+    parent = server.proc.pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def test_one_url_line_and_every_worker_serves(start_server: Any) -> None:
+    server = start_server(args=["--workers", "2"])
+    assert len(worker_pids(server)) == 2
+    assert [line for line in server.output if line.startswith("http://")] == [server.url + "\n"]
+    source = os.urandom(20 * 65536)
+    url = create(server, len(source))
+    for offset in range(0, len(source), 65536):
+        assert patch(url, offset, source[offset : offset + 65536]).status_code == 204
+    download = fresh_session().get(url, timeout=WAIT).content
+    assert hashlib.sha256(download).digest() == hashlib.sha256(source).digest()
+
+
+def test_events_reach_a_watcher_whichever_worker_took_the_bytes(start_server: Any) -> None:
+    server = start_server(args=["--workers", "2"])
+    source = os.urandom(12 * 4096)
+    url = create(server, len(source))
+    upload_id = url.rsplit("/", 1)[1]
+
+    async def scenario() -> tuple[list[int], list[dict[str, Any]]]:
+        offsets: list[int] = []
+        completes: list[dict[str, Any]] = []
+        done = asyncio.Event()
+        client = socketio.AsyncClient()
+        client.on("uploadProgress", lambda data: offsets.append(data["offset"]))
+
+        def on_complete(data: dict[str, Any]) -> None:
+            completes.append(data)
+            done.set()
+
+        client.on("uploadComplete", on_complete)
+        await client.connect(server.url, transports=["websocket"], wait_timeout=WAIT)
+        ack = await client.call("joinUploadRoom", upload_id, timeout=WAIT)
+        assert ack["ok"], ack
+        for offset in range(0, len(source), 4096):
+            answer = await asyncio.to_thread(patch, url, offset, source[offset : offset + 4096])
+            assert answer.status_code == 204
+        await asyncio.wait_for(done.wait(), WAIT)
+        await asyncio.sleep(0.3)
+        await client.disconnect()
+        return offsets, completes
+
+    offsets, completes = asyncio.run(scenario())
+    # Each PATCH ends with a progress event; with two workers about half of them were
+    # published by the worker this client is not connected to.
+    expected = {offset + 4096 for offset in range(0, len(source), 4096)}
+    assert expected <= set(offsets)
+    assert len(completes) == 1
+    assert completes[0]["sha256"] == hashlib.sha256(source).hexdigest()
+
+
+def test_a_stalled_patch_on_one_worker_is_taken_over_from_any(start_server: Any) -> None:
+    server = start_server(args=["--workers", "2"])
+    url = create(server, 200)
+    path = "/files/" + url.rsplit("/", 1)[1]
+    host, port = server.url.removeprefix("http://").split(":")
+    for attempt in range(4):  # new connections land on either worker
+        offset = int(fresh_session().head(url, headers=TUS, timeout=WAIT).headers["Upload-Offset"])
+        with socket.create_connection((host, int(port)), timeout=WAIT) as stalled:
+            stalled.sendall(
+                (
+                    f"PATCH {path} HTTP/1.1\r\nHost: {host}\r\nTus-Resumable: 1.0.0\r\n"
+                    f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
+                    "Content-Length: 100\r\n\r\n"
+                ).encode()
+                + b"s" * 10
+            )
+            deadline = time.monotonic() + WAIT
+            while True:
+                head = fresh_session().head(url, headers=TUS, timeout=WAIT)
+                if int(head.headers["Upload-Offset"]) == offset + 10:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(1.2)  # silent for over a second: the holder counts as stalled
+            started = time.monotonic()
+            answer = patch(url, offset + 10, b"t" * 10)
+            assert answer.status_code == 204, answer.text
+            assert time.monotonic() - started < 2.0, f"attempt {attempt}"
+
+
+def test_sigterm_stops_every_worker_with_exit_0(start_server: Any) -> None:
+    server = start_server(args=["--workers", "2"])
+    workers = worker_pids(server)
+    assert server.terminate() == 0
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+
+
+def test_a_dead_worker_is_replaced(start_server: Any) -> None:
+    server = start_server(args=["--workers", "2"])
+    victim = min(worker_pids(server))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while victim in worker_pids(server) or len(worker_pids(server)) < 2:
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.1)
+    for _ in range(6):
+        assert fresh_session().get(server.url + "/healthz", timeout=WAIT).status_code == 200
