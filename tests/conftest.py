@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT = 15.0
+JS_DIR = Path(__file__).resolve().parent / "js"
 
 
 @dataclass
@@ -93,6 +95,27 @@ class ServerProcess:
         return self.start()
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without FORMFORGE_* settings, which would leak into servers."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FORMFORGE_")}
+
+
+@contextlib.contextmanager
+def running_server(base: Path, config_text: str) -> Iterator[ServerProcess]:
+    """A server on `base/data` with `config_text` as its config, for module-scoped fixtures."""
+    config = base / "conf" / "config.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(config_text)
+    process = ServerProcess(data_dir=base / "data", args=["--config", str(config)],
+                            env=clean_environ(), cwd=base)
+    try:
+        yield process.start()
+    finally:
+        process.kill()
+        if process.proc and process.proc.stdout:
+            process.proc.stdout.close()
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[object]:
     """Factory: `start_server(args=[...], env={...})` starts a real server process."""
@@ -100,7 +123,7 @@ def start_server(tmp_path: Path) -> Iterator[object]:
 
     def start(args: list[str] | None = None, env: dict[str, str] | None = None,
               data_dir: Path | None = None) -> ServerProcess:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FORMFORGE_")}
+        full_env = clean_environ()
         full_env.update(env or {})
         server = ServerProcess(
             data_dir=data_dir or tmp_path / "data", args=list(args or []), env=full_env,
@@ -114,3 +137,22 @@ def start_server(tmp_path: Path) -> Iterator[object]:
         server.kill()
         if server.proc and server.proc.stdout:
             server.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """Path of `node`, with tests/js/node_modules installed from the lock file when stale."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("`node` is not on PATH: the JavaScript client tests need Node.js 18+")
+    installed = JS_DIR / "node_modules" / ".package-lock.json"
+    lock = JS_DIR / "package-lock.json"
+    if not installed.is_file() or installed.stat().st_mtime < lock.stat().st_mtime:
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("node is installed but npm is not: cannot run `npm ci --prefix tests/js`")
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            pytest.fail(f"`npm ci` in tests/js failed:\n{proc.stdout}\n{proc.stderr}")
+    return node

@@ -36,7 +36,7 @@ from jsonschema import Draft202012Validator
 
 from formforge.errors import ErrorKind
 from formforge.stores.base import UploadState
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, running_server
 from tests.schemas import ASYNCAPI_PATH, OPENAPI_PATH, validate_event, validate_rest
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -248,16 +248,10 @@ def test_the_schemas_reject_what_the_contract_forbids() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("docs_match")
-    config = base / "config.yaml"
     # Frequent progress, so throttled events during a body are captured and validated too.
-    config.write_text("storage:\n  fsync: false\nevents:\n  progress_interval_ms: 50\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMFORGE_")}
-    process = ServerProcess(data_dir=base / "data", args=["--config", str(config)], env=env,
-                            cwd=base)
-    yield process.start()
-    process.kill()
-    if process.proc and process.proc.stdout:
-        process.proc.stdout.close()
+    config = "storage:\n  fsync: false\nevents:\n  progress_interval_ms: 50\n"
+    with running_server(base, config) as process:
+        yield process
 
 
 @dataclass

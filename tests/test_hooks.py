@@ -42,6 +42,9 @@ import requests
 import socketio
 import yaml
 
+from tests.async_helpers import off_loop
+from tests.async_helpers import run as run_bounded
+
 pytestmark = pytest.mark.slow
 
 HTTP = requests.Session()
@@ -424,15 +427,7 @@ async def watching(server: Any, upload_id: str) -> Any:
 
 
 def run(scenario: Awaitable[None]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario, TEST_DEADLINE)
-
-    asyncio.run(bounded())
-
-
-async def off_loop(function: Callable[..., T], *args: Any) -> T:
-    """A blocking call in a worker thread: the event loop keeps receiving meanwhile."""
-    return await asyncio.wait_for(asyncio.to_thread(function, *args), 2 * WAIT)
+    run_bounded(scenario, TEST_DEADLINE)
 
 
 # ============================================================ pre-create

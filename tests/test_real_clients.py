@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -48,28 +47,6 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    """Path of `node`, with tests/js/node_modules installed from the lock file."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("`node` is not on PATH: the tus-js-client tests need Node.js 18+")
-    if not (JS_DIR / "node_modules" / "tus-js-client" / "package.json").is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("node is installed but npm is not: cannot run `npm ci --prefix tests/js`")
-        proc = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if proc.returncode != 0:
-            pytest.fail(f"`npm ci` in tests/js failed:\n{proc.stdout}\n{proc.stderr}")
-    return node
 
 
 @pytest.fixture(autouse=True)

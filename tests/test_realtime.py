@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import threading
@@ -49,6 +48,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import socketio
+
+from tests.async_helpers import off_loop
+from tests.async_helpers import run as run_bounded
 
 pytestmark = pytest.mark.slow
 
@@ -506,23 +508,6 @@ def test_invalid_joins_get_an_error_ack_and_nobody_is_disconnected(uploader: Upl
 # ============================================================ the Node socket.io-client
 
 
-@pytest.fixture(scope="session")
-def node() -> str:
-    """Path of `node`, with tests/js/node_modules installed from the lock file."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("`node` is not on PATH: the socket.io-client test needs Node.js 18+")
-    if not (JS_DIR / "node_modules" / "socket.io-client" / "package.json").is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("node is installed but npm is not: cannot run `npm ci --prefix tests/js`")
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR,
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            pytest.fail(f"`npm ci` in tests/js failed:\n{proc.stdout}\n{proc.stderr}")
-    return node
-
-
 def test_the_node_socket_io_client_watches_a_tus_upload(node: str, server: Any) -> None:
     uploader = TusUploader(server)
     source = os.urandom(512 * KiB + 1)
@@ -674,14 +659,7 @@ async def watching(server: Any) -> Any:
 
 
 def run(scenario: Awaitable[None]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario, TEST_DEADLINE)
-    asyncio.run(bounded())
-
-
-async def off_loop(function: Callable[..., T], *args: Any) -> T:
-    """A blocking call in a worker thread: the event loop keeps receiving meanwhile."""
-    return await asyncio.wait_for(asyncio.to_thread(function, *args), 2 * WAIT)
+    run_bounded(scenario, TEST_DEADLINE)
 
 
 async def upload_whole(uploader: Uploader, upload_id: str, source: bytes) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import string
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, running_server
 from tests.schemas import validate_rest
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -51,20 +50,12 @@ DECOY_BIN = b"SAFE"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("rest")
-    (base / "conf").mkdir()
-    config = base / "conf" / "config.yaml"
-    config.write_text("storage:\n  fsync: false\n")
     sentinel = base / "sentinel"
     sentinel.mkdir()
     (sentinel / "victim.info").write_bytes(DECOY_INFO)
     (sentinel / "victim.bin").write_bytes(DECOY_BIN)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORMFORGE_")}
-    process = ServerProcess(data_dir=base / "data", args=["--config", str(config)], env=env,
-                            cwd=base)
-    yield process.start()
-    process.kill()
-    if process.proc and process.proc.stdout:
-        process.proc.stdout.close()
+    with running_server(base, "storage:\n  fsync: false\n") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
