@@ -17,6 +17,7 @@ from formforge.config import HookTarget, Settings
 from formforge.events import EventBus
 from formforge.fanout import LocalFanoutManager
 from formforge.fronts.guard import GuardedApplication
+from formforge.fronts.ietf import ietf_routes
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler
 from formforge.fronts.tus import TusHandler
@@ -27,7 +28,9 @@ from formforge.locks_redis import RedisLocker
 from formforge.metrics import Metrics
 from formforge.realtime import RealtimeBridge, UploadNamespace, create_socketio
 from formforge.service import Limits, UploadService
+from formforge.stores.base import Store
 from formforge.stores.file import FileStore
+from formforge.stores.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class FormForgeApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.service.locker.close()
+        await self.service.store.close()
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.expiration.sweep_interval_seconds
@@ -113,6 +117,8 @@ def create_app(
         "cors_origins": cors_origins,
     }
     routes: list[Any] = [
+        # The IETF draft (requests with Upload-Draft-Interop-Version) first, then tus.
+        *ietf_routes((r"/files/?", rf"/files/{ID_PATTERN}/?"), front),
         (r"/files/?", TusHandler, front),
         (rf"/files/{ID_PATTERN}/?", TusHandler, front),
         (r"/api/files/upload/?", RestCreateHandler, front),
@@ -133,13 +139,28 @@ def create_app(
     return FormForgeApp(settings, application, service, metrics, sio, role)
 
 
-def _store(settings: Settings) -> FileStore:
+def _store(settings: Settings) -> Store:
+    s3 = settings.storage.s3
+    if settings.storage.backend == "s3" and s3 is not None:
+        return S3Store(
+            s3.bucket,
+            endpoint=s3.endpoint,
+            region=s3.region,
+            prefix=s3.prefix,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            part_size=s3.part_size,
+        )
     return FileStore(Path(settings.storage.path), fsync=settings.storage.fsync)
 
 
 async def recover_store(settings: Settings) -> None:
     """What a crash left half-done in the store, made whole; once, before any worker runs."""
-    await _store(settings).recover()
+    store = _store(settings)
+    try:
+        await store.recover()
+    finally:
+        await store.close()
 
 
 def _locker(settings: Settings, role: Role) -> Locker:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -111,11 +110,31 @@ class ServerSettings(_Section):
     idle_timeout_seconds: Seconds = 60.0
 
 
+class S3Settings(_Section):
+    """storage.backend: s3 — any S3-compatible engine. Unset keys fall back to the usual
+    AWS sources (environment, shared credentials) as botocore reads them."""
+
+    bucket: Annotated[str, Field(min_length=3)]
+    endpoint: HttpUrl | None = None
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
+    part_size: Annotated[int, Field(ge=5 * 1024 * 1024, le=5 * 1024**3)] = 8 * 1024 * 1024
+    prefix: str = ""
+
+
 class StorageSettings(_Section):
-    backend: str = "file"
+    backend: Literal["file", "s3"] = "file"
     # Lax for this one field: a path is written as a string in YAML and flags.
     path: Annotated[Path, Field(strict=False)] = Path("data")
     fsync: bool = True
+    s3: S3Settings | None = None
+
+    @model_validator(mode="after")
+    def _s3_needs_its_section(self) -> StorageSettings:
+        if self.backend == "s3" and self.s3 is None:
+            raise PydanticCustomError("s3_missing", "backend s3 needs a storage.s3 section")
+        return self
 
 
 class LimitsSettings(_Section):
@@ -189,12 +208,7 @@ class Settings(FileSettings):
     config_file: Path | None = None
 
 
-# --- features designed but not built yet -----------------------------------------------
-
-# key -> the only value accepted until the feature lands; delete its row when it does.
-_NOT_SUPPORTED_YET: Mapping[str, object] = {
-    "storage.backend": "file",
-}
+# --- checks that need more than one field -----------------------------------------------
 
 
 def _check_tokens(setting: tuple[str, ...] | str | None, source: str | None) -> None:
@@ -211,12 +225,6 @@ def _check_tokens(setting: tuple[str, ...] | str | None, source: str | None) -> 
         raise ConfigError(
             "no tokens (or an empty one): every request would be refused", source=source, key=key
         )
-
-
-def _refuse_unsupported(settings: FileSettings, source: str | None) -> None:
-    for key, only_value in _NOT_SUPPORTED_YET.items():
-        if attrgetter(key)(settings) != only_value:
-            raise ConfigError("not supported yet", source=source, key=key)
 
 
 # --- the YAML file -------------------------------------------------------------------
@@ -386,6 +394,5 @@ def load_settings(
         sections = FileSettings.model_validate(data)
     except ValidationError as error:
         raise _validation_error(error, file_source, origins) from None
-    _refuse_unsupported(sections, file_source)
     _check_tokens(sections.auth.bearer_tokens, file_source)
     return Settings(**dict(sections), config_file=path)

@@ -141,7 +141,7 @@ BAD_CONFIGS = [
     ("server: [", "invalid YAML at line 1, column 10: "
                   "expected the node content, but found '<stream end>'"),
     ("- 1", "the top level must be a mapping of sections"),
-    ("storage: {backend: s3}", "storage.backend: not supported yet"),
+    ("storage: {backend: s3}", "storage: backend s3 needs a storage.s3 section"),
     (None, "cannot read file: No such file or directory"),
 ]  # fmt: skip
 

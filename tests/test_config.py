@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -169,7 +168,9 @@ def test_config_file_selection(flag, env, cwd_file, chosen) -> None:
         ("bogus: 1", "bogus", "unknown key"),
         ("server: {bogus: 1}", "server.bogus", "unknown key"),
         ("config_file: other.yaml", "config_file", "unknown key"),
-        ("storage: {s3: {bucket: b}}", "storage.s3", "unknown key"),
+        ("storage: {s3: {bucket: b}}", "storage.s3.bucket", "at least 3 characters"),
+        ("storage: {backend: s3}", "storage", "backend s3 needs a storage.s3 section"),
+        ("storage: {backend: ftp}", "storage.backend", "'file' or 's3'"),
         ("server: 5", "server", "should be a mapping"),
         ("storage: {fsync: maybe}", "storage.fsync", "valid boolean"),
         ("server: {port: '3000'}", "server.port", "valid integer"),
@@ -212,28 +213,7 @@ def test_bad_value_names_key_and_file(text: str, key: str, message: str) -> None
 
 
 # A valid, non-default value for each feature not built yet. Rows follow the table in
-# formforge.config: deleting a row there (the feature landed) drops its cases here.
-NOT_DEFAULT: dict[str, list[Any]] = {
-    "storage.backend": ["s3"],
-    "limits.bandwidth_per_upload": [1_000_000],
-    "limits.bandwidth_total": [1_000_000],
-    "limits.max_concurrent_uploads": [10],
-    "hooks.pre_create": [[{"http": "http://hooks.example/pre"}]],
-    "hooks.post_finish": [[{"command": "scan --quick"}]],
-    "hooks.post_terminate": [[{"python": "my.module:on_terminate"}]],
-    "auth.bearer_tokens": [["s3cret"], "tokens.txt"],
-    "cluster.redis_url": ["redis://localhost:6379/0"],
-}
 
-
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [(key, value) for key in config._NOT_SUPPORTED_YET for value in NOT_DEFAULT[key]],
-)
-def test_feature_not_built_yet_is_refused(key: str, value: Any) -> None:
-    section, name = key.split(".")
-    line = config_error(write("c.yaml", yaml.safe_dump({section: {name: value}})))
-    assert line == f"config error in c.yaml: {key}: not supported yet"
 
 
 @pytest.mark.parametrize(

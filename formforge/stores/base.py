@@ -71,6 +71,9 @@ class UploadInfo:
 class Store(ABC):
     """The core every store implements."""
 
+    async def close(self) -> None:  # noqa: B027 - a store on local disk has nothing to close
+        """Let go of connections; called once, after every request has finished."""
+
     @abstractmethod
     async def recover(self) -> None:
         """Bring the store to a consistent state after a crash; called once at start-up."""
