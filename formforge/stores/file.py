@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +23,20 @@ import aiofiles.os
 
 from formforge.errors import ErrorKind, UploadError
 from formforge.ids import is_valid_upload_id
-from formforge.stores.base import (
-    ConcatRole,
-    NewUpload,
-    Store,
-    UploadInfo,
-    UploadState,
+from formforge.stores.base import NewUpload, Store, UploadInfo, UploadState
+from formforge.stores.records import (
+    Record,
+    apply_changes,
+    check_changes,
+    dump_record,
+    info_from_record,
+    load_record,
+    new_record,
 )
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
-_INFO_FIELDS = {"size", "state", "sha256", "error", "metadata"}
 
 
 class FileStore(Store):
@@ -89,7 +89,7 @@ class FileStore(Store):
         # in between leaves only an empty orphan for the sweeper.
         with open(self.data_path(new.id), "xb") as data:
             self._sync_file(data.fileno())
-        self._write_info_sync(new.id, _new_record(new))
+        self._write_info_sync(new.id, new_record(new))
         return self._info_sync(new.id)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
@@ -98,7 +98,7 @@ class FileStore(Store):
     def _info_sync(self, upload_id: str) -> UploadInfo:
         info_path = self._path(upload_id, ".info")
         try:
-            record = json.loads(info_path.read_bytes())
+            record = load_record(info_path.read_bytes())
             info_stat = info_path.stat()
         except FileNotFoundError:
             raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
@@ -107,7 +107,7 @@ class FileStore(Store):
             offset, mtime = data_stat.st_size, max(data_stat.st_mtime, info_stat.st_mtime)
         except FileNotFoundError:  # a tombstone: the bytes are gone
             offset, mtime = 0, info_stat.st_mtime
-        return _info_from_record(upload_id, record, self._accepted(upload_id, offset), mtime)
+        return info_from_record(upload_id, record, self._accepted(upload_id, offset), mtime)
 
     def _accepted(self, upload_id: str, size: int) -> int:
         """Bytes of a provisional write are not the upload's until their checksum is checked."""
@@ -161,17 +161,13 @@ class FileStore(Store):
         return end
 
     async def update(self, upload_id: str, **changes: object) -> UploadInfo:
-        unknown = set(changes) - _INFO_FIELDS
-        if unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
+        check_changes(changes)
         with disk_errors():
             return await asyncio.to_thread(self._update_sync, upload_id, changes)
 
     def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
-        record = json.loads(self._path(upload_id, ".info").read_bytes())
-        record.update(
-            {k: (str(v) if isinstance(v, UploadState) else v) for k, v in changes.items()}
-        )
+        record = load_record(self._path(upload_id, ".info").read_bytes())
+        apply_changes(record, changes)
         self._write_info_sync(upload_id, record)
         return self._info_sync(upload_id)
 
@@ -187,7 +183,7 @@ class FileStore(Store):
         await asyncio.to_thread(self._terminate_sync, upload_id, state)
 
     def _terminate_sync(self, upload_id: str, state: UploadState) -> None:
-        record = json.loads(self._path(upload_id, ".info").read_bytes())
+        record = load_record(self._path(upload_id, ".info").read_bytes())
         record["state"] = str(state)
         self._write_info_sync(upload_id, record)
         with contextlib.suppress(FileNotFoundError):
@@ -210,7 +206,7 @@ class FileStore(Store):
                     _copy_range(source.fileno(), out.fileno(), part.offset)
             self._sync_file(out.fileno())
         os.replace(scratch, self.data_path(new.id))
-        self._write_info_sync(new.id, _new_record(new))
+        self._write_info_sync(new.id, new_record(new))
         return self._info_sync(new.id)
 
     async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -226,8 +222,8 @@ class FileStore(Store):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _write_info_sync(self, upload_id: str, record: dict[str, Any]) -> None:
-        self._write_atomic(self._path(upload_id, ".info"), json.dumps(record).encode())
+    def _write_info_sync(self, upload_id: str, record: Record) -> None:
+        self._write_atomic(self._path(upload_id, ".info"), dump_record(record))
 
     def _write_atomic(self, path: Path, payload: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -275,35 +271,3 @@ def _copy_range(source: int, target: int, count: int) -> None:
         if copied == 0:
             raise UploadError(ErrorKind.INTERNAL, "a partial upload is shorter than recorded")
         count -= copied
-
-
-def _new_record(new: NewUpload) -> dict[str, Any]:
-    return {
-        "size": new.size,
-        "metadata": dict(new.metadata),
-        "created_at": datetime.now(UTC).isoformat(),
-        "state": str(UploadState.UPLOADING),
-        "concat": str(new.concat) if new.concat else None,
-        "parts": list(new.parts),
-        "sha256": None,
-        "error": None,
-    }
-
-
-def _info_from_record(
-    upload_id: str, record: dict[str, Any], offset: int, mtime: float
-) -> UploadInfo:
-    concat = record.get("concat")
-    return UploadInfo(
-        id=upload_id,
-        size=record["size"],
-        offset=offset,
-        metadata=record.get("metadata") or {},
-        created_at=datetime.fromisoformat(record["created_at"]),
-        updated_at=datetime.fromtimestamp(mtime, UTC),
-        state=UploadState(record.get("state", "uploading")),
-        concat=ConcatRole(concat) if concat else None,
-        parts=tuple(record.get("parts") or ()),
-        sha256=record.get("sha256"),
-        error=record.get("error"),
-    )

@@ -1,0 +1,73 @@
+"""The info record: an upload's description as JSON, kept by every store beside its bytes.
+
+One record per upload, written whole (a store replaces it, never patches it in place), with
+the fields `new_record` sets; a store may add its own (the S3 store's `multipart`). The
+offset is never one of them: each store derives it from the bytes it holds, and passes it
+to `info_from_record`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from formforge.stores.base import ConcatRole, NewUpload, UploadInfo, UploadState
+
+Record = dict[str, Any]
+
+UPDATABLE_FIELDS = frozenset({"size", "state", "sha256", "error", "metadata"})
+
+
+def new_record(new: NewUpload) -> Record:
+    """The record of an upload just created: no bytes, state `uploading`."""
+    return {
+        "size": new.size,
+        "metadata": dict(new.metadata),
+        "created_at": datetime.now(UTC).isoformat(),
+        "state": str(UploadState.UPLOADING),
+        "concat": str(new.concat) if new.concat else None,
+        "parts": list(new.parts),
+        "sha256": None,
+        "error": None,
+    }
+
+
+def info_from_record(upload_id: str, record: Record, offset: int, mtime: float) -> UploadInfo:
+    """The upload's info: the record's fields, plus the offset and time the store measured."""
+    concat = record.get("concat")
+    return UploadInfo(
+        id=upload_id,
+        size=record["size"],
+        offset=offset,
+        metadata=record.get("metadata") or {},
+        created_at=datetime.fromisoformat(record["created_at"]),
+        updated_at=datetime.fromtimestamp(mtime, UTC),
+        state=UploadState(record.get("state", "uploading")),
+        concat=ConcatRole(concat) if concat else None,
+        parts=tuple(record.get("parts") or ()),
+        sha256=record.get("sha256"),
+        error=record.get("error"),
+    )
+
+
+def check_changes(changes: Mapping[str, object]) -> None:
+    """Raise `ValueError` unless every field changed is one `Store.update` may change."""
+    unknown = set(changes) - UPDATABLE_FIELDS
+    if unknown:
+        raise ValueError(f"cannot update {sorted(unknown)}")
+
+
+def apply_changes(record: Record, changes: Mapping[str, object]) -> None:
+    """Change the record's fields in place, states stored as their strings."""
+    record.update({k: str(v) if isinstance(v, UploadState) else v for k, v in changes.items()})
+
+
+def dump_record(record: Record) -> bytes:
+    return json.dumps(record).encode()
+
+
+def load_record(raw: bytes) -> Record:
+    record: Record = json.loads(raw)
+    return record
