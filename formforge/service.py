@@ -364,7 +364,9 @@ class UploadService:
             try:
                 removed += await self._sweep_one(self.store, upload_id)
             except UploadError:
-                continue  # locked by a live writer, or gone meanwhile
+                continue  # locked by a live writer, gone meanwhile, or the disk is full
+            except OSError as error:  # one broken upload must not stop the whole sweep
+                log.warning("sweep skipped upload_id=%s error=%s", upload_id, error)
         return removed
 
     async def _sweep_one(self, store: Terminator, upload_id: str) -> int:

@@ -89,7 +89,13 @@ class FileStore(Store):
         # in between leaves only an empty orphan for the sweeper.
         with open(self.data_path(new.id), "xb") as data:
             self._sync_file(data.fileno())
-        self._write_info_sync(new.id, new_record(new))
+        try:
+            self._write_info_sync(new.id, new_record(new))
+        except OSError:  # a full disk, say: leave nothing half-created behind
+            for leftover in (self.data_path(new.id), self._path(new.id, ".info.tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            raise
         return self._info_sync(new.id)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
@@ -180,11 +186,16 @@ class FileStore(Store):
     # -- capabilities --------------------------------------------------------------------
 
     async def terminate(self, upload_id: str, state: UploadState) -> None:
-        await asyncio.to_thread(self._terminate_sync, upload_id, state)
+        with disk_errors():
+            await asyncio.to_thread(self._terminate_sync, upload_id, state)
 
     def _terminate_sync(self, upload_id: str, state: UploadState) -> None:
         record = load_record(self._path(upload_id, ".info").read_bytes())
         record["state"] = str(state)
+        # Free the space before writing the tombstone: on a full disk, removing uploads is
+        # the way out, so it must not need room itself.
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.data_path(upload_id), 0)
         self._write_info_sync(upload_id, record)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.data_path(upload_id))
