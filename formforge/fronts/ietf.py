@@ -203,6 +203,7 @@ class InterimResponses:
         self._version = version
         self._open = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0
 
     def send(self, fields: Mapping[str, str]) -> bool:
         """Queue one interim response; False once closed (nothing is sent then)."""
@@ -217,6 +218,7 @@ class InterimResponses:
         except StreamClosedError:
             self._open = False
             return False
+        self.sent += 1
         return True
 
     def run(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -421,6 +423,7 @@ class IetfHandler(StreamingWriteHandler):
     def _close_interim(self) -> None:
         if self.interim is not None:
             self.interim.close()
+            log.debug("interim closed path=%s sent=%d", self.request.path, self.interim.sent)
             self.interim = None
 
     # -- answers ---------------------------------------------------------------------------
