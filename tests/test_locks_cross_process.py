@@ -19,10 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -39,6 +36,7 @@ from formforge.errors import ErrorKind, UploadError
 from formforge.locks import Lock, Locker
 from formforge.locks_file import FileLocker
 from formforge.locks_redis import KEY_PREFIX, RedisLocker
+from tests.redis_server import redis_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -90,60 +88,6 @@ async def main(config):
 
 asyncio.run(main(json.loads(sys.argv[1])))
 """
-
-
-# -- Redis, for the whole session ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, server)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "redis-server exited at start"
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                probe.sendall(b"PING\r\n")
-                if probe.recv(64).startswith(b"+PONG"):
-                    return
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 # -- a backend: lockers in this process, holders in others -----------------------------------
