@@ -107,7 +107,7 @@ def _supervise(settings: Settings, workers: int) -> int:
         return asyncio.run(run_server(settings, lambda _: server, announce=False))
 
     try:
-        return supervise(settings, workers, run_worker)
+        return supervise(settings, workers, run_worker, announce_url)
     except OSError as error:
         print(_start_error_line(settings, error), file=sys.stderr)
         return EXIT_FAILURE
@@ -147,10 +147,16 @@ async def run_server(
         print(_start_error_line(settings, error), file=sys.stderr)
         return EXIT_FAILURE
     if announce:
-        print(url, flush=True)
+        announce_url(url)
     await stop_requested.wait()
     await _stop(server)
     return EXIT_OK
+
+
+def announce_url(url: str) -> None:
+    """The start-up line, in one write: workers logging meanwhile cannot split it."""
+    sys.stdout.write(url + "\n")
+    sys.stdout.flush()
 
 
 def _start_error_line(settings: Settings, error: OSError) -> str:

@@ -29,23 +29,15 @@ MAX_RESTARTS = 10
 RunWorker = Callable[[Server], int]  # runs one worker's server until SIGTERM; exit status
 
 
-def supervise(settings: Settings, workers: int, run_worker: RunWorker) -> int:
-    """Serve with `workers` processes; returns the supervisor's exit status."""
+def supervise(
+    settings: Settings, workers: int, run_worker: RunWorker, announce: Callable[[str], None]
+) -> int:
+    """Serve with `workers` processes; returns the supervisor's exit status. `announce`
+    prints the start-up line once every worker is forked."""
     sockets = bind_sockets(settings.server.port, settings.server.host)
     asyncio.run(recover_store(settings))
     children: dict[int, int] = {}  # pid -> worker index
 
-    def spawn(index: int) -> None:
-        role = Role(workers=workers, leader=index == 0, recover_store=False)
-        pid = os.fork()
-        if pid == 0:  # the worker
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor tells it when to stop
-            os._exit(run_worker(Server(settings, sockets, role)))
-        children[pid] = index
-
-    for index in range(workers):
-        spawn(index)
-    print(listening_url(settings.server.host, sockets), flush=True)
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -55,8 +47,22 @@ def supervise(settings: Settings, workers: int, run_worker: RunWorker) -> int:
         for pid in children:
             os.kill(pid, signal.SIGTERM)
 
+    def spawn(index: int) -> None:
+        role = Role(workers=workers, leader=index == 0, recover_store=False)
+        pid = os.fork()
+        if pid == 0:  # the worker: not the supervisor's handlers, and SIGINT is its to relay
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os._exit(run_worker(Server(settings, sockets, role)))
+        children[pid] = index
+
+    # Handlers first: a stop that comes while workers start must still reach every one.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for index in range(workers):
+        if not stopping:
+            spawn(index)
+    announce(listening_url(settings.server.host, sockets))
     restarts = 0
     while children:
         pid, status = os.wait()

@@ -80,10 +80,12 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL: the crash case, nothing gets a chance to clean up."""
-        if self.proc and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is None:
+            return
+        # The whole group, even when the first process is gone: --workers leave children.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def terminate(self, timeout: float = 10.0) -> int:
         assert self.proc is not None

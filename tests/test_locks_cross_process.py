@@ -414,8 +414,15 @@ async def test_file_locker_works_under_a_data_dir_too_long_for_a_socket_path(
     try:
         stalled = body(idle=1.5)
         lock = await first.acquire("u" * 22, stalled.release_request)
-        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(lock.release()))
+
+        async def let_go_when_asked() -> None:
+            async for _ in stalled:
+                pass
+            await lock.release()
+
+        holder = asyncio.create_task(let_go_when_asked())
         taken = await second.acquire("u" * 22, body().release_request)
+        await holder
         assert stalled.end is BodyEnd.STOPPED
         await taken.release()
     finally:
