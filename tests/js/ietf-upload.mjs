@@ -17,6 +17,8 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import * as tus from 'tus-js-client'
 
+import { finish, main, positiveInt, retryDelays } from './cli.mjs'
+
 const PROTOCOLS = ['ietf-draft-03', 'ietf-draft-05']
 
 const USAGE = `usage: node ietf-upload.mjs --endpoint URL --file PATH --protocol NAME [options]
@@ -28,17 +30,6 @@ const USAGE = `usage: node ietf-upload.mjs --endpoint URL --file PATH --protocol
   --retry-delays LIST    retry delays in ms, e.g. 0,200,500; "none" disables retrying
   --verbose              log the upload URL and each acknowledged append to stderr
   --help                 show this text`
-
-// Write, then exit once the text is flushed (stdout/stderr may be asynchronous pipes).
-function finish(stream, text, code) {
-  stream.write(`${text}\n`, () => process.exit(code))
-}
-
-function positiveInt(name, text) {
-  const n = Number(text)
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} needs a positive integer, got ${JSON.stringify(text)}`)
-  return n
-}
 
 // Turn the command line into tus-js-client options; throws on a bad command line.
 function parseCommandLine(argv) {
@@ -64,13 +55,7 @@ function parseCommandLine(argv) {
     metadata: { filename: path.basename(args.file) },
   }
   if (args['chunk-size'] !== undefined) options.chunkSize = positiveInt('chunk-size', args['chunk-size'])
-  if (args['retry-delays'] !== undefined) {
-    const text = args['retry-delays']
-    options.retryDelays = text === 'none' ? null : text.split(',').map(Number)
-    if (options.retryDelays?.some((d) => !Number.isFinite(d) || d < 0)) {
-      throw new Error(`bad --retry-delays ${JSON.stringify(text)}`)
-    }
-  }
+  if (args['retry-delays'] !== undefined) options.retryDelays = retryDelays(args['retry-delays'])
   return { file: args.file, verbose: Boolean(args.verbose), options }
 }
 
@@ -87,18 +72,4 @@ function upload({ file, verbose, options }) {
   up.start()
 }
 
-let cli
-try {
-  cli = parseCommandLine(process.argv.slice(2))
-} catch (err) {
-  finish(process.stderr, `ietf-upload: ${err.message}\n\n${USAGE}`, 1)
-}
-if (cli?.help) {
-  finish(process.stdout, USAGE, 0)
-} else if (cli) {
-  try {
-    upload(cli)
-  } catch (err) {
-    finish(process.stderr, `ietf-upload: ${err.message}`, 1)
-  }
-}
+main('ietf-upload', USAGE, parseCommandLine, upload)

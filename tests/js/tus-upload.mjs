@@ -9,6 +9,8 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import * as tus from 'tus-js-client'
 
+import { finish, main, positiveInt, retryDelays } from './cli.mjs'
+
 const USAGE = `usage: node tus-upload.mjs --endpoint URL --file PATH [options]
 
   --endpoint URL         tus creation endpoint, e.g. http://127.0.0.1:3000/files/
@@ -19,17 +21,6 @@ const USAGE = `usage: node tus-upload.mjs --endpoint URL --file PATH [options]
   --retry-delays LIST    retry delays in ms, e.g. 0,200,500; "none" disables retrying
   --verbose              log the upload URL and each acknowledged chunk to stderr
   --help                 show this text`
-
-// Write, then exit once the text is flushed (stdout/stderr may be asynchronous pipes).
-function finish(stream, text, code) {
-  stream.write(`${text}\n`, () => process.exit(code))
-}
-
-function positiveInt(name, text) {
-  const n = Number(text)
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} needs a positive integer, got ${JSON.stringify(text)}`)
-  return n
-}
 
 // Turn the command line into tus-js-client options; throws on a bad command line.
 function parseCommandLine(argv) {
@@ -58,13 +49,7 @@ function parseCommandLine(argv) {
   const options = { endpoint: args.endpoint, metadata }
   if (args['chunk-size'] !== undefined) options.chunkSize = positiveInt('chunk-size', args['chunk-size'])
   if (args.parallel !== undefined) options.parallelUploads = positiveInt('parallel', args.parallel)
-  if (args['retry-delays'] !== undefined) {
-    const text = args['retry-delays']
-    options.retryDelays = text === 'none' ? null : text.split(',').map(Number)
-    if (options.retryDelays?.some((d) => !Number.isFinite(d) || d < 0)) {
-      throw new Error(`bad --retry-delays ${JSON.stringify(text)}`)
-    }
-  }
+  if (args['retry-delays'] !== undefined) options.retryDelays = retryDelays(args['retry-delays'])
   return { file: args.file, verbose: Boolean(args.verbose), options }
 }
 
@@ -83,18 +68,4 @@ function upload({ file, verbose, options }) {
   up.start()
 }
 
-let cli
-try {
-  cli = parseCommandLine(process.argv.slice(2))
-} catch (err) {
-  finish(process.stderr, `tus-upload: ${err.message}\n\n${USAGE}`, 1)
-}
-if (cli?.help) {
-  finish(process.stdout, USAGE, 0)
-} else if (cli) {
-  try {
-    upload(cli)
-  } catch (err) {
-    finish(process.stderr, `tus-upload: ${err.message}`, 1)
-  }
-}
+main('tus-upload', USAGE, parseCommandLine, upload)
