@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import socketio
-from tornado.web import StaticFileHandler
 
 from formforge.auth import TokenCheck
 from formforge.config import HookTarget, Settings
@@ -19,7 +18,7 @@ from formforge.fanout import LocalFanoutManager
 from formforge.fronts.guard import GuardedApplication
 from formforge.fronts.ietf import ietf_routes
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
-from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler
+from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler, SafeStaticFileHandler
 from formforge.fronts.tus import TusHandler
 from formforge.hooks import POST_FINISH, POST_TERMINATE, PRE_CREATE, HookRunner, Target
 from formforge.locks import Locker, MemoryLocker
@@ -132,7 +131,7 @@ def create_app(
         routes,
         tokens,
         static_path=str(STATIC_DIR),
-        static_handler_class=StaticFileHandler,
+        static_handler_class=SafeStaticFileHandler,
         log_function=metrics.on_request,
         idle_timeout_seconds=settings.server.idle_timeout_seconds,
     )

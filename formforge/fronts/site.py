@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from tornado.web import RequestHandler
+from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from formforge.metrics import Metrics
 
@@ -49,3 +49,12 @@ class MetricsHandler(RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(self.metrics.render())
+
+
+class SafeStaticFileHandler(StaticFileHandler):
+    """Tornado's static files, with a 404 (not a 500) for paths no file can have."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:
+            raise HTTPError(404)
+        return super().parse_url_path(url_path)

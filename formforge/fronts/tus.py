@@ -16,13 +16,15 @@ from formforge.checksum import Checksum, parse_upload_checksum
 from formforge.errors import ErrorKind, UploadError
 from formforge.fronts.download import content_disposition, content_type, parse_range
 from formforge.fronts.streaming import StreamingWriteHandler
+from formforge.ids import is_valid_upload_id
 from formforge.metadata import encode_metadata, parse_metadata
 from formforge.service import WriteRequest
 from formforge.stores.base import ConcatRole, UploadInfo
 
 TUS_VERSION = "1.0.0"
 OFFSET_TYPE = "application/offset+octet-stream"
-OVERRIDABLE = frozenset({"PATCH", "DELETE", "HEAD", "GET", "OPTIONS"})
+# What X-HTTP-Method-Override is for: clients that can only send GET and POST.
+OVERRIDABLE = frozenset({"PATCH", "DELETE"})
 
 
 def tus_extensions(can_terminate: bool, can_concatenate: bool) -> str:
@@ -265,5 +267,19 @@ def _concat_role(header: str | None) -> ConcatRole | None:
 
 
 def _part_ids(urls: str) -> list[str]:
-    """`/files/a http://host/files/b` -> ["a", "b"]; the id is each URL's last segment."""
-    return [urlparse(url).path.rstrip("/").rsplit("/", 1)[-1] for url in urls.split()]
+    """`/files/a http://host/files/b` -> ["a", "b"]: each URL must name an upload of this
+    endpoint (`.../files/<id>`, any host or prefix, as behind a proxy), nothing else."""
+    ids = []
+    for url in urls.split():
+        segments = urlparse(url).path.rstrip("/").split("/")
+        if (
+            len(segments) < 2
+            or segments[-2] != "files"
+            or segments.count("files") != 1
+            or not is_valid_upload_id(segments[-1])
+            or "," in url
+            or ";" in url
+        ):
+            raise UploadError(ErrorKind.BAD_REQUEST, f"{url[:100]!r} is not an upload URL")
+        ids.append(segments[-1])
+    return ids

@@ -14,6 +14,8 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import aiofiles.os
 
 from formforge.errors import ErrorKind, UploadError
 from formforge.ids import is_valid_upload_id
-from formforge.stores.base import NewUpload, Store, UploadInfo, UploadState
+from formforge.stores.base import GONE_STATES, NewUpload, Store, UploadInfo, UploadState
 from formforge.stores.records import (
     Record,
     apply_changes,
@@ -45,6 +47,9 @@ class FileStore(Store):
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.fsync = fsync
+        # Read-modify-write of info records runs in worker threads: one at a time, so a
+        # termination and a late update (processing) cannot interleave.
+        self._records = threading.Lock()
 
     # -- paths -------------------------------------------------------------------------
 
@@ -92,7 +97,8 @@ class FileStore(Store):
         try:
             self._write_info_sync(new.id, new_record(new))
         except OSError:  # a full disk, say: leave nothing half-created behind
-            for leftover in (self.data_path(new.id), self._path(new.id, ".info.tmp")):
+            leftovers = [self.data_path(new.id), *self.root.glob(f"{new.id}.info.*.tmp")]
+            for leftover in leftovers:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
             raise
@@ -172,9 +178,13 @@ class FileStore(Store):
             return await asyncio.to_thread(self._update_sync, upload_id, changes)
 
     def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
-        record = load_record(self._path(upload_id, ".info").read_bytes())
-        apply_changes(record, changes)
-        self._write_info_sync(upload_id, record)
+        with self._records:
+            record = load_record(self._path(upload_id, ".info").read_bytes())
+            if record.get("state") in GONE_STATES:
+                # Background work (processing) must not bring a deleted upload back.
+                raise UploadError(ErrorKind.TERMINATED, "the upload is gone")
+            apply_changes(record, changes)
+            self._write_info_sync(upload_id, record)
         return self._info_sync(upload_id)
 
     async def list_ids(self) -> AsyncIterator[str]:
@@ -190,6 +200,10 @@ class FileStore(Store):
             await asyncio.to_thread(self._terminate_sync, upload_id, state)
 
     def _terminate_sync(self, upload_id: str, state: UploadState) -> None:
+        with self._records:
+            self._tombstone_sync(upload_id, state)
+
+    def _tombstone_sync(self, upload_id: str, state: UploadState) -> None:
         record = load_record(self._path(upload_id, ".info").read_bytes())
         record["state"] = str(state)
         # Free the space before writing the tombstone: on a full disk, removing uploads is
@@ -237,7 +251,8 @@ class FileStore(Store):
         self._write_atomic(self._path(upload_id, ".info"), dump_record(record))
 
     def _write_atomic(self, path: Path, payload: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+        # A name of its own per write: two threads replacing one file never share a tmp.
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
         with open(tmp, "wb") as out:
             out.write(payload)
             self._sync_file(out.fileno())
