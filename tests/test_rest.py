@@ -492,9 +492,15 @@ def test_malformed_json_is_400(server: ServerProcess, http: requests.Session,
 
 
 def test_deeply_nested_json_is_400(server: ServerProcess, http: requests.Session) -> None:
-    for raw in (b"[" * 100_000, b'{"filename": "a", "metadata": ' + b"[" * 100_000):
+    for raw in (b"[" * 60_000, b'{"filename": "a", "metadata": ' + b"[" * 60_000):
         response = http.post(f"{server.url}/api/files/upload", data=raw, timeout=TIMEOUT)
         expect_error(response, 400)
+
+
+def test_a_document_over_64_kib_is_413(server: ServerProcess, http: requests.Session) -> None:
+    raw = json.dumps({"filename": "a", "size": 1, "metadata": {"v": "x" * 70_000}}).encode()
+    response = http.post(f"{server.url}/api/files/upload", data=raw, timeout=TIMEOUT)
+    expect_error(response, 413, "size-exceeded")
 
 
 @pytest.mark.parametrize("document", [[], [{"filename": "a"}], "a", 1, 1.5, None, True],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from formforge.errors import ErrorKind, UploadError
@@ -21,6 +22,8 @@ from formforge.wire import error_body, iso, status_payload
 # What clients should send per request: big enough to amortise a request, small enough
 # that a cut costs little on a thin link.
 CHUNK_SIZE_HINT = 8 * 1024 * 1024
+MAX_JSON_BYTES = 64 * 1024  # a creation document; metadata has its own, smaller limit
+DRAIN_LIMIT = 16 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
 
 
@@ -40,11 +43,31 @@ class RestFront(FrontHandler):
         }
 
 
+@stream_request_body  # so an oversized body is refused with JSON, not by Tornado's limit
 class RestCreateHandler(RestFront):
-    """POST /api/files/upload with a small JSON body (not streamed)."""
+    """POST /api/files/upload with a small JSON body."""
+
+    def prepare(self) -> None:
+        self.document = bytearray()
+        self.too_big = False
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        # Read (and drop) a body up to this size, so its sender gets the 413 and no reset.
+        connection.set_max_body_size(DRAIN_LIMIT)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.too_big or len(self.document) + len(chunk) > MAX_JSON_BYTES:
+            self.too_big = True
+            self.document.clear()
+            return
+        self.document += chunk
 
     async def post(self) -> None:
-        size, metadata = _parse_creation(self.request.body)
+        if self.too_big:
+            raise UploadError(
+                ErrorKind.SIZE_EXCEEDED, f"the JSON body is larger than {MAX_JSON_BYTES} bytes"
+            )
+        size, metadata = _parse_creation(bytes(self.document))
         info = await self.service.create(size, metadata, request=self.request_info())
         urls = self.urls(info.id)
         self.set_status(201)
