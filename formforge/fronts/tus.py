@@ -267,10 +267,14 @@ def _concat_role(header: str | None) -> ConcatRole | None:
 
 
 def _part_ids(urls: str) -> list[str]:
-    """`/files/a http://host/files/b` -> ["a", "b"]: each URL must name an upload of this
-    endpoint (`.../files/<id>`, any host or prefix, as behind a proxy), nothing else."""
+    """`/files/a http://host/files/b c` -> ["a", "b", "c"]: each URL must name an upload of
+    this endpoint (`.../files/<id>`, any host or prefix, as behind a proxy, or the bare id
+    relative to /files/), nothing else."""
     ids = []
     for url in urls.split():
+        if is_valid_upload_id(url):  # a relative reference: resolved against /files/
+            ids.append(url)
+            continue
         segments = urlparse(url).path.rstrip("/").split("/")
         if (
             len(segments) < 2
