@@ -30,8 +30,11 @@ ALL_EXTENSIONS = {"creation", "creation-with-upload", "creation-defer-length", "
 
 
 @pytest.fixture
-def formforge(tmp_path: Path) -> Any:
-    return make_app(tmp_path / "data", limits={"max_size": 1_000_000})
+def formforge(tmp_path: Path, io_loop: Any) -> Any:
+    app = make_app(tmp_path / "data", limits={"max_size": 1_000_000})
+    yield app
+    # Background processing (sha256) may still run: end it while the loop is alive.
+    io_loop.run_sync(app.service.processor.stop)
 
 
 @pytest.fixture
@@ -231,6 +234,7 @@ async def test_idle_unfinished_uploads_expire_with_410_and_lose_their_data(
     assert await service.sweep() == 1
     assert not (tmp_path / "short" / f"{unfinished.id}.bin").exists()
     assert (await service.get(finished.id)).is_complete  # finished uploads never expire
+    await service.processor.stop()
 
 
 # -- checksum ----------------------------------------------------------------------------
