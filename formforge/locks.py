@@ -23,6 +23,12 @@ ReleaseRequest = Callable[[bool], bool]
 TAKEOVER_WAIT_SECONDS = 1.0
 
 
+def locked(message: str) -> UploadError:
+    """The asker's answer when the holder keeps the lock. 423 is retryable: clients try
+    again, and the holder may have let go by then."""
+    return UploadError(ErrorKind.UPLOAD_LOCKED, message)
+
+
 class Lock(ABC):
     @abstractmethod
     async def release(self) -> None:
@@ -76,15 +82,11 @@ class MemoryLocker(Locker):
         while (current := self._held.get(upload_id)) is not None:
             remaining = deadline - loop.time()
             if remaining <= 0 or not current.release_request(force):
-                raise UploadError(
-                    ErrorKind.UPLOAD_LOCKED, "another request is still writing to this upload"
-                )
+                raise locked("another request is still writing to this upload")
             try:
                 await asyncio.wait_for(current.released.wait(), remaining)
             except TimeoutError:
-                raise UploadError(
-                    ErrorKind.UPLOAD_LOCKED, "the previous request did not let go in time"
-                ) from None
+                raise locked("the previous request did not let go in time") from None
         held = _Held(release_request)
         self._held[upload_id] = held
         return _MemoryLock(self, upload_id, held)

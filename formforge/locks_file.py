@@ -39,9 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formforge.errors import ErrorKind, UploadError
 from formforge.ids import is_valid_upload_id
-from formforge.locks import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest
+from formforge.locks import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,6 @@ LOCKS_DIR = ".locks"
 POLL_SECONDS = 0.02  # between flock attempts while a holder is letting go
 REQUEST_TIMEOUT_SECONDS = 1.0  # how long a holder waits for an asker's request line
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; longer paths go through /proc
-
-
-def _locked(message: str) -> UploadError:
-    # 423 is retryable: clients try again, and the holder may have let go by then.
-    return UploadError(ErrorKind.UPLOAD_LOCKED, message)
 
 
 @dataclass(eq=False)
@@ -153,7 +147,7 @@ class FileLocker(Locker):
             elif path.suffix == ".lock":
                 fd = self._lock_file(path, create=False)
                 if fd is not None:
-                    self._unlink_locked(fd, path)
+                    self._unlinklocked(fd, path)
                     os.close(fd)
 
     def _listening(self, name: str) -> bool:
@@ -189,25 +183,25 @@ class FileLocker(Locker):
             if held is not None:
                 return _FileLock(self, held)
             if loop.time() >= deadline:
-                raise _locked("the previous request did not let go in time")
+                raise locked("the previous request did not let go in time")
             owner = self._read_owner(upload_id)
             if owner is None or owner.token == asked:
                 # Not named yet, or letting go already: look again in a moment.
                 await asyncio.sleep(max(0.0, min(POLL_SECONDS, deadline - loop.time())))
                 continue
             if not await self._ask(owner, upload_id, force, deadline):
-                raise _locked("another request is still writing to this upload")
+                raise locked("another request is still writing to this upload")
             asked = owner.token
 
     async def _take_from_local(self, held: _Held, force: bool, deadline: float) -> None:
         """A request of this process holds it: ask directly and wait, as MemoryLocker does."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0 or not held.release_request(force):
-            raise _locked("another request is still writing to this upload")
+            raise locked("another request is still writing to this upload")
         try:
             await asyncio.wait_for(held.released.wait(), remaining)
         except TimeoutError:
-            raise _locked("the previous request did not let go in time") from None
+            raise locked("the previous request did not let go in time") from None
 
     async def _ask(self, owner: _Owner, upload_id: str, force: bool, deadline: float) -> bool:
         """Ask the holder named in the lock file to let go; if it agrees, wait (until the
@@ -318,7 +312,7 @@ class FileLocker(Locker):
             return
         if self._held.get(held.upload_id) is held:
             del self._held[held.upload_id]
-        self._unlink_locked(held.fd, self._lock_path(held.upload_id))
+        self._unlinklocked(held.fd, self._lock_path(held.upload_id))
         os.close(held.fd)  # the flock goes with the last fd of the open file
         held.released.set()
         for writer in held.watchers:
@@ -327,7 +321,7 @@ class FileLocker(Locker):
             writer.close()
 
     @staticmethod
-    def _unlink_locked(fd: int, path: Path) -> None:
+    def _unlinklocked(fd: int, path: Path) -> None:
         """Remove the lock file while still holding it: no one can be holding it then."""
         try:
             if _is_at(fd, path):

@@ -37,7 +37,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from formforge.errors import ErrorKind, UploadError
-from formforge.locks import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest
+from formforge.locks import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,6 @@ async def _close_pubsub(pubsub: PubSub) -> None:
     # no `type: ignore` goes stale when a release adds them.
     close: Callable[[], Awaitable[None]] = pubsub.aclose
     await close()
-
-
-def _locked(message: str) -> UploadError:
-    # 423 is retryable: clients try again, and the holder may have let go by then.
-    return UploadError(ErrorKind.UPLOAD_LOCKED, message)
 
 
 @dataclass(eq=False)
@@ -226,14 +221,14 @@ class RedisLocker(Locker):
             if await redis.set(key, value, nx=True, px=self._lease_ms):
                 return attempt_at
             if loop.time() >= deadline:
-                raise _locked("the previous request did not let go in time")
+                raise locked("the previous request did not let go in time")
             current = _text(await redis.get(key))
             if current is None:
                 continue  # let go just now: try again at once
             if current != asked:
                 answer = await self._ask(redis, upload_id, current, force, deadline)
                 if answer is _Answer.REFUSED:
-                    raise _locked("another request is still writing to this upload")
+                    raise locked("another request is still writing to this upload")
                 if answer is _Answer.AGREED:
                     asked = current  # else ask again after a poll: it may be registering
             await self._until_released(upload_id, deadline)
