@@ -88,7 +88,14 @@ class Processor:
         if (await self.store.get_info(info.id)).is_gone:
             return  # deleted or expired meanwhile: nothing left to mark or to report
         log.warning("processing failed upload_id=%s error=%s", info.id, error)
-        await self.store.update(info.id, state=UploadState.ERROR, error=str(error))
+        try:
+            await self.store.update(info.id, state=UploadState.ERROR, error=str(error))
+        except (UploadError, OSError) as unrecorded:
+            # A full disk, say: the upload stays `processing` and is processed again at
+            # the next start; clients still hear of the failure now.
+            log.warning(
+                "processing failure not recorded upload_id=%s error=%s", info.id, unrecorded
+            )
         self.bus.publish(
             UploadFailed(
                 info.id, ErrorKind.PROCESSING_FAILED, "processing the upload failed", info.offset
