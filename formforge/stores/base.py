@@ -109,7 +109,10 @@ class Store(ABC):
 
     @abstractmethod
     async def update(self, upload_id: str, **changes: object) -> UploadInfo:
-        """Durably change info fields (size, state, sha256, error, metadata)."""
+        """Durably change info fields (size, state, sha256, error, metadata).
+
+        Raises `UploadError(TERMINATED)` for a deleted or expired upload: gone is final.
+        """
 
     @abstractmethod
     def list_ids(self) -> AsyncIterator[str]:

@@ -25,7 +25,7 @@ import aiofiles.os
 
 from formforge.errors import ErrorKind, UploadError
 from formforge.ids import is_valid_upload_id
-from formforge.stores.base import GONE_STATES, NewUpload, Store, UploadInfo, UploadState
+from formforge.stores.base import NewUpload, Store, UploadInfo, UploadState
 from formforge.stores.records import (
     Record,
     apply_changes,
@@ -180,9 +180,6 @@ class FileStore(Store):
     def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
         with self._records:
             record = load_record(self._path(upload_id, ".info").read_bytes())
-            if record.get("state") in GONE_STATES:
-                # Background work (processing) must not bring a deleted upload back.
-                raise UploadError(ErrorKind.TERMINATED, "the upload is gone")
             apply_changes(record, changes)
             self._write_info_sync(upload_id, record)
         return self._info_sync(upload_id)

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from formforge.stores.base import ConcatRole, NewUpload, UploadInfo, UploadState
+from formforge.errors import ErrorKind, UploadError
+from formforge.stores.base import GONE_STATES, ConcatRole, NewUpload, UploadInfo, UploadState
 
 Record = dict[str, Any]
 
@@ -60,7 +61,13 @@ def check_changes(changes: Mapping[str, object]) -> None:
 
 
 def apply_changes(record: Record, changes: Mapping[str, object]) -> None:
-    """Change the record's fields in place, states stored as their strings."""
+    """Change the record's fields in place, states stored as their strings.
+
+    A deleted or expired upload's record is final: background work (processing) that
+    finishes late must not bring it back, whichever store keeps it.
+    """
+    if record.get("state") in GONE_STATES:
+        raise UploadError(ErrorKind.TERMINATED, "the upload is gone")
     record.update({k: str(v) if isinstance(v, UploadState) else v for k, v in changes.items()})
 
 
