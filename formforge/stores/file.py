@@ -18,7 +18,7 @@ import secrets
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiofiles
 import aiofiles.os
@@ -37,8 +37,13 @@ from formforge.stores.records import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 READ_CHUNK = 1024 * 1024
+# Handing work to a thread costs about 125 us here, more than stat-ing and reading a small
+# info file or copying 64 KiB into the page cache: work that cannot wait on the device runs
+# on the event loop; fdatasync, bigger writes and copies go to a thread (docs/benchmarks.md).
+INLINE_WRITE_MAX = 64 * 1024
 
 
 class FileStore(Store):
@@ -46,6 +51,7 @@ class FileStore(Store):
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
+        self._root = str(root)
         self.fsync = fsync
         # Read-modify-write of info records runs in worker threads: one at a time, so a
         # termination and a late update (processing) cannot interleave.
@@ -86,7 +92,7 @@ class FileStore(Store):
 
     async def create(self, new: NewUpload) -> UploadInfo:
         with disk_errors():
-            return await asyncio.to_thread(self._create_sync, new)
+            return await self._on_disk(self._create_sync, new)
 
     def _create_sync(self, new: NewUpload) -> UploadInfo:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,26 +111,29 @@ class FileStore(Store):
         return self._info_sync(new.id)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        return await asyncio.to_thread(self._info_sync, upload_id)
+        return self._info_sync(upload_id)  # two stats and a cached record: no thread needed
 
     def _info_sync(self, upload_id: str) -> UploadInfo:
-        info_path = self._path(upload_id, ".info")
+        # os functions on str paths: pathlib's objects cost more than the syscalls here.
+        if not is_valid_upload_id(upload_id):
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
+        base = os.path.join(self._root, upload_id)
         try:
-            record = load_record(info_path.read_bytes())
-            info_stat = info_path.stat()
+            info_stat = os.stat(f"{base}.info")
+            record = load_record(_read_small(f"{base}.info"))
         except FileNotFoundError:
             raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
         try:
-            data_stat = self.data_path(upload_id).stat()
+            data_stat = os.stat(f"{base}.bin")
             offset, mtime = data_stat.st_size, max(data_stat.st_mtime, info_stat.st_mtime)
         except FileNotFoundError:  # a tombstone: the bytes are gone
             offset, mtime = 0, info_stat.st_mtime
-        return info_from_record(upload_id, record, self._accepted(upload_id, offset), mtime)
+        return info_from_record(upload_id, record, self._accepted(base, offset), mtime)
 
-    def _accepted(self, upload_id: str, size: int) -> int:
+    def _accepted(self, base: str, size: int) -> int:
         """Bytes of a provisional write are not the upload's until their checksum is checked."""
         try:
-            return min(size, int(self._path(upload_id, ".pending").read_text() or "0"))
+            return min(size, int(_read_small(f"{base}.pending") or b"0"))
         except (FileNotFoundError, ValueError):
             return size
 
@@ -146,31 +155,43 @@ class FileStore(Store):
         chunks: AsyncIterable[bytes],
         keep: Callable[[], bool] | None,
     ) -> int:
-        path = self.data_path(upload_id)
+        pending = self._path(upload_id, ".pending")
         if keep is not None:
-            await asyncio.to_thread(
-                self._write_atomic, self._path(upload_id, ".pending"), str(offset).encode()
-            )
-        async with aiofiles.open(path, "r+b", buffering=0) as data:
-            end = await data.seek(0, os.SEEK_END)
-            if end != offset:
-                raise UploadError(
-                    ErrorKind.OFFSET_MISMATCH, f"offset is {end}, not {offset}", offset=end
-                )
+            await self._on_disk(self._write_atomic, pending, str(offset).encode())
+        fd = self._open_at_end(upload_id, offset)
+        end = offset
+        try:
+            async for chunk in chunks:
+                await _write_at(fd, chunk, end)
+                end += len(chunk)
+        finally:
+            # Runs on a cut body, a cancelled task and an error alike: what arrived stays.
             try:
-                async for chunk in chunks:
-                    await _write_all(data, chunk)
-                    end += len(chunk)
-            finally:
-                # Runs on a cut body, a cancelled task and an error alike: what arrived stays.
                 if keep is not None and not keep():
-                    await data.truncate(offset)
+                    os.ftruncate(fd, offset)
                     end = offset
                 if self.fsync:
-                    await asyncio.to_thread(os.fdatasync, data.fileno())
-                if keep is not None:
-                    await aiofiles.os.remove(self._path(upload_id, ".pending"))
+                    await _in_thread(os.fdatasync, fd)
+            finally:
+                os.close(fd)
+            if keep is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(pending)
         return end
+
+    def _open_at_end(self, upload_id: str, offset: int) -> int:
+        """The data file, open for writing, after checking that `offset` is where it ends."""
+        try:
+            fd = os.open(self.data_path(upload_id), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
+        end = os.fstat(fd).st_size
+        if end != offset:
+            os.close(fd)
+            raise UploadError(
+                ErrorKind.OFFSET_MISMATCH, f"offset is {end}, not {offset}", offset=end
+            )
+        return fd
 
     async def update(self, upload_id: str, **changes: object) -> UploadInfo:
         check_changes(changes)
@@ -265,6 +286,10 @@ class FileStore(Store):
         if self.fsync:
             os.fdatasync(fd)
 
+    async def _on_disk(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Small file work: on the loop, unless it waits for the device to sync."""
+        return await asyncio.to_thread(work, *args) if self.fsync else work(*args)
+
 
 @contextlib.contextmanager
 def disk_errors() -> Iterator[None]:
@@ -277,11 +302,42 @@ def disk_errors() -> Iterator[None]:
         raise
 
 
-async def _write_all(data: Any, chunk: bytes) -> None:
+def _read_small(path: str) -> bytes:
+    """A whole small file, without the buffered file object `open` would build."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = []
+        while part := os.read(fd, 65536):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+async def _write_at(fd: int, chunk: bytes, position: int) -> None:
+    if len(chunk) <= INLINE_WRITE_MAX:
+        _pwrite_all(fd, chunk, position)
+    else:
+        await _in_thread(_pwrite_all, fd, chunk, position)
+
+
+def _pwrite_all(fd: int, chunk: bytes, position: int) -> None:
     view = memoryview(chunk)
     while view:
-        written = await data.write(view)
-        view = view[written:]
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
+async def _in_thread(work: Callable[..., _T], *args: Any) -> _T:
+    """Like `asyncio.to_thread`, but a cancelled caller still waits for the work to end: the
+    caller closes the descriptor next, and a descriptor number reused meanwhile must not get
+    the thread's write or sync."""
+    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
 def _copy_range(source: int, target: int, count: int) -> None:
