@@ -30,6 +30,7 @@ from formforge.service import Limits, UploadService
 from formforge.stores.base import Store
 from formforge.stores.file import FileStore
 from formforge.stores.s3 import S3Store
+from formforge.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def create_app(
     bus.subscribe(RealtimeBridge(sio, lambda upload_id: f"{base}/files/{upload_id}").on_event)
     front: dict[str, Any] = {
         "service": service,
+        "throughput": Throughput(),  # what each client's bodies took: REST's chunkSize
         "public_url": public_url,
         "cors_origins": cors_origins,
     }

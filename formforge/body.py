@@ -41,6 +41,10 @@ class BodyStream:
         self._watchdog: asyncio.TimerHandle | None = None
         self.end: BodyEnd | None = None
         self.received = 0
+        # When the first byte arrived, and when the last one did or, under a bandwidth
+        # limit, is paid for: the client's rate is `received` over the time between.
+        self.first_byte_at: float | None = None
+        self.last_byte_at = 0.0
         self.pace: Pace | None = None  # set by the service when bandwidth is limited
 
     # -- the producer side (the front) ---------------------------------------------------
@@ -48,7 +52,9 @@ class BodyStream:
     def feed(self, chunk: bytes) -> Awaitable[Any] | None:
         if self.end is not None:
             return None  # the consumer is gone; the front is closing the connection
-        self._last_activity = time.monotonic()
+        self._last_activity = self.last_byte_at = time.monotonic()
+        if self.first_byte_at is None:
+            self.first_byte_at = self.last_byte_at
         self.received += len(chunk)
         self._chunks.append(chunk)
         self._wake(self._data_waiter)
@@ -58,6 +64,7 @@ class BodyStream:
         delay = self.pace(len(chunk))
         # Reading slowly on purpose is not stalling: no take-over, no idle cut meanwhile.
         self._last_activity += delay
+        self.last_byte_at += delay
         return asyncio.gather(self._space_waiter, asyncio.sleep(delay))
 
     def finish(self) -> None:

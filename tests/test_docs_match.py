@@ -155,7 +155,7 @@ def test_openapi_says_what_the_contract_and_the_code_say(openapi: dict[str, Any]
     assert set(schemas["CreateResponse"]["required"]) == {
         "uploadId", "uploadUrl", "tusUrl", "offset", "size", "chunkSize", "expiresAt"}
     assert set(schemas["ChunkResponse"]["required"]) == {"uploadId", "offset", "size",
-                                                         "complete"}
+                                                         "complete", "chunkSize"}
     assert set(schemas["UploadStatus"]["required"]) == {
         "uploadId", "filename", "size", "offset", "state", "percent", "metadata", "createdAt",
         "expiresAt"}

@@ -12,6 +12,7 @@ from tornado.web import HTTPError, RequestHandler
 from formforge.errors import ErrorKind, UploadError
 from formforge.hooks import RequestInfo
 from formforge.service import UploadService
+from formforge.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,14 @@ class FrontHandler(RequestHandler):
     """Base of the fronts' handlers; `initialize` receives the collaborators (no globals)."""
 
     def initialize(
-        self, service: UploadService, public_url: str | None, cors_origins: tuple[str, ...]
+        self,
+        service: UploadService,
+        throughput: Throughput,
+        public_url: str | None,
+        cors_origins: tuple[str, ...],
     ) -> None:
         self.service = service
+        self.throughput = throughput
         self.public_url = public_url
         self.cors_origins = cors_origins
         self.set_default_headers()  # Tornado first calls it before initialize()
@@ -64,7 +70,11 @@ class FrontHandler(RequestHandler):
 
     def request_info(self) -> RequestInfo:
         """The client request, as hooks see it."""
-        return RequestInfo(dict(self.request.headers), self.request.remote_ip)
+        return RequestInfo(dict(self.request.headers), self.client_address())
+
+    def client_address(self) -> str:
+        """Who sent the request, as far as this server can tell (the peer's address)."""
+        return self.request.remote_ip or ""
 
     def base_url(self) -> str:
         if self.public_url:

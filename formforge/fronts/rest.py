@@ -19,9 +19,6 @@ from formforge.service import WriteRequest
 from formforge.stores.base import UploadInfo
 from formforge.wire import error_body, iso, status_payload
 
-# What clients should send per request: big enough to amortise a request, small enough
-# that a cut costs little on a thin link.
-CHUNK_SIZE_HINT = 8 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024  # a creation document; metadata has its own, smaller limit
 DRAIN_LIMIT = 16 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
@@ -34,6 +31,10 @@ class RestFront(FrontHandler):
 
     def options(self, upload_id: str | None = None) -> None:
         self.answer_preflight()
+
+    def chunk_size(self) -> int:
+        """What this client should send per request, after how fast its bodies came so far."""
+        return self.throughput.chunk_size(self.client_address())
 
     def urls(self, upload_id: str) -> dict[str, str]:
         base = self.base_url()
@@ -78,7 +79,7 @@ class RestCreateHandler(RestFront):
                 **urls,
                 "offset": info.offset,
                 "size": info.size,
-                "chunkSize": CHUNK_SIZE_HINT,
+                "chunkSize": self.chunk_size(),
                 "expiresAt": iso(self.service.expires_at(info)),
             }
         )
@@ -119,6 +120,7 @@ class RestUploadHandler(StreamingWriteHandler, RestFront):
                 "offset": info.offset,
                 "size": info.size,
                 "complete": info.is_complete,
+                "chunkSize": self.chunk_size(),  # this chunk's pace is already in it
             }
         )
 

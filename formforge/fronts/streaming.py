@@ -38,8 +38,11 @@ class StreamingWriteHandler(FrontHandler):
         super().write_error(status_code, **kwargs)
 
     async def start_body_write(self, request: WriteRequest, max_body: int) -> None:
-        self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
-        self.write_task = await self.service.start_write(request, self.body)
+        body = self.body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
+        self.write_task = await self.service.start_write(request, body)
+        # Every streamed write ends here, complete or cut; this callback runs before the
+        # method handler resumes from `finish_body_write`, so its answer sees the sample.
+        self.write_task.add_done_callback(lambda _: self._record_throughput(body))
         self.connection().set_max_body_size(max_body)
 
     async def finish_body_write(self) -> UploadInfo | None:
@@ -48,6 +51,11 @@ class StreamingWriteHandler(FrontHandler):
             return None
         self.body.finish()
         return await self.write_task
+
+    def _record_throughput(self, body: BodyStream) -> None:
+        if body.first_byte_at is not None:
+            seconds = body.last_byte_at - body.first_byte_at
+            self.throughput.record(self.client_address(), body.received, seconds)
 
     def data_received(self, chunk: bytes) -> Any:
         return self.body.feed(chunk) if self.body is not None else None
