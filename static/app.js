@@ -4,6 +4,10 @@
 // browser sent, and bytes the server confirmed.
 //
 // Settings (see index.html): <body data-endpoint data-chunk-size>, and ?chunkSize=BYTES.
+// The chunk size starts at data-chunk-size and follows the link (chunking.js); a chunk size
+// given in the address stays fixed.
+
+import { nextChunkSize } from "./chunking.js";
 
 const { tus, io } = window;
 
@@ -25,7 +29,8 @@ function readSettings() {
   const body = document.body.dataset;
   const fromQuery = Number(new URLSearchParams(location.search).get("chunkSize"));
   const chunkSize = fromQuery > 0 ? fromQuery : Number(body.chunkSize) || Infinity;
-  return { endpoint: new URL(body.endpoint || "/files/", location.href).href, chunkSize };
+  const adaptive = !(fromQuery > 0) && Number.isFinite(chunkSize);
+  return { endpoint: new URL(body.endpoint || "/files/", location.href).href, chunkSize, adaptive };
 }
 
 function announce(message) {
@@ -76,6 +81,7 @@ class Item {
     this.confirmed = 0;
     this.samples = [];
     this.startedAt = performance.now();
+    this.chunkStartedAt = null; // when the PATCH of the chunk in flight was sent
     this.interruptions = 0;
     this.serverError = null;
     this.clientError = null;
@@ -94,6 +100,8 @@ class Item {
       metadata: { filename: file.name, filetype: file.type || "application/octet-stream" },
       onUploadUrlAvailable: () => this.follow(this.upload.url.split("/").pop()),
       onProgress: (sent) => this.onSent(sent),
+      onBeforeRequest: (request) => this.onBeforeRequest(request),
+      onChunkComplete: (bytes) => this.onChunkComplete(bytes),
       onShouldRetry: (error, attempt, options) => this.onShouldRetry(error, attempt, options),
       onError: (error) => this.onFailed(error),
       onSuccess: () => this.onUploaded(),
@@ -144,6 +152,18 @@ class Item {
       this.setState("uploading", "uploading again");
     }
     this.render();
+  }
+
+  onBeforeRequest(request) {
+    if (request.getMethod() === "PATCH") this.chunkStartedAt = performance.now();
+  }
+
+  // tus-js-client reads options.chunkSize each time it cuts the next chunk from the file.
+  onChunkComplete(bytes) {
+    if (!settings.adaptive || this.chunkStartedAt === null) return;
+    const seconds = (performance.now() - this.chunkStartedAt) / 1000;
+    const options = this.upload.options;
+    options.chunkSize = nextChunkSize(bytes, seconds, options.chunkSize);
   }
 
   onUploaded() {

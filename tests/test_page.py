@@ -5,6 +5,7 @@ mid-upload, and checks the page finishes both, that the stored files' sha256 mat
 the server-confirmed mark moved during the upload. It saves a screenshot under the test's tmp
 dir." Also: keyboard use, a phone-sized viewport, pause, resume, cancel, resuming after a
 reload, and no inline script or style (the page's Content-Security-Policy forbids them).
+issue 9: without `?chunkSize=`, the page's chunks follow the link (smaller under a cap).
 
 The page reads `?chunkSize=BYTES` (see static/index.html): small chunks make an upload of a
 few tens of MiB take seconds on loopback, long enough to watch it and to kill the server
@@ -195,7 +196,7 @@ def test_index_is_the_page_under_its_csp(start_server: Callable[..., Any]) -> No
     assert answer.content == INDEX_HTML.read_bytes()
     finder = InlineCodeFinder()
     finder.feed(answer.text)
-    for src in [*finder.scripts, "/static/style.css"]:
+    for src in [*finder.scripts, "/static/style.css", "/static/chunking.js"]:
         asset = requests.get(server.url + src, timeout=10)
         assert asset.status_code == 200, src
     head = requests.head(server.url + "/", timeout=10)
@@ -372,4 +373,39 @@ def test_an_upload_deleted_elsewhere_shows_the_servers_error(
     assert row["id"] != upload_id
     assert row["sha256"] == sha256_of(source.read_bytes())
     assert row["error"] == ""
+    assert ui.problems == []
+
+
+# ============================================================ chunks that follow the link
+
+
+def test_under_a_bandwidth_cap_the_pages_chunks_get_smaller(
+    start_server: Callable[..., Any], browser: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "formforge.yaml"
+    config.write_text(f"limits:\n  bandwidth_per_upload: {3 * MiB}\n")
+    server = start_server(args=["--config", str(config)])
+    source = random_file(tmp_path / "thin.bin", 14 * MiB)
+    # No `?chunkSize=` (which fixes the size): the page starts at its data-chunk-size.
+    ui = PageUnderTest(browser, server.url + "/")
+    offsets: list[int] = []  # where each PATCH started: the chunk sizes, as sent
+
+    def record_patch(request: Any) -> None:
+        if request.method == "PATCH":
+            offsets.append(int(request.headers["upload-offset"]))
+
+    ui.page.on("request", record_patch)
+    ui.page.set_input_files("#file-input", [str(source)])
+
+    def complete(rows: Rows) -> bool:
+        return len(rows) == 1 and rows[0]["state"] == "complete"
+
+    row = ui.sample_until(complete, FINISH_TIMEOUT, server.log_tail)[-1][0]
+    assert row["sha256"] == sha256_of(source.read_bytes())
+    ends = [*offsets[1:], source.stat().st_size]
+    sizes = [end - start for start, end in zip(offsets, ends, strict=True)]
+    # 8 MiB took about 2.7 s at 3 MiB/s; two seconds of that rate is 6 MiB, rounded down to
+    # 4 MiB, which is again what 4 MiB in 1.3 s advises; the last 2 MiB follow. With a fixed
+    # chunk size the second chunk would be the last 6 MiB.
+    assert sizes == [8 * MiB, 4 * MiB, 2 * MiB], sizes
     assert ui.problems == []

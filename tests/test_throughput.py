@@ -6,11 +6,14 @@
 - A real server: a REST client capped by `limits.bandwidth_per_upload` is told to send
   small chunks, in the chunk's own answer and in its next creation; a tus PATCH teaches the
   same table; a fast client is told to send bigger chunks.
+- The page's rule (`static/chunking.js`), run under Node: same bounds and target, with the
+  sample rules, shrinking at once and growing at most twofold per chunk.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from http.client import HTTPConnection
 from pathlib import Path
@@ -36,6 +39,7 @@ from tests.schemas import validate_rest
 KiB = 1024
 MiB = 1024 * KiB
 TIMEOUT = 30.0
+CHUNKING_CASES_JS = Path(__file__).resolve().parent / "js" / "chunking-cases.mjs"
 
 
 # ============================================================ the rate and the advice
@@ -225,3 +229,49 @@ def test_a_fast_client_is_told_to_send_bigger_chunks(start_server: Any, tmp_path
     assert 16 * MiB <= answer["chunkSize"] <= MAX_CHUNK_SIZE, answer
     assert rest_create(server, MiB)["chunkSize"] == answer["chunkSize"]
     print(f"unlimited: {took:.2f} s for 8 MiB, chunkSize {answer['chunkSize']}")
+
+
+# ============================================================ the page's rule, under Node
+
+
+def next_sizes(node: str, cases: list[tuple[float, float, float]]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [node, str(CHUNKING_CASES_JS)],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+# (bytes of the last chunk, seconds it took, the chunk size it was sent at) -> next size
+PAGE_CASES: list[tuple[tuple[float, float, float], float]] = [
+    ((8 * MiB, 32.0, 8 * MiB), 512 * KiB),  # 256 KiB/s: down at once to two seconds' worth
+    ((1 * MiB, 8.0, 1 * MiB), 256 * KiB),  # 128 KiB/s
+    ((1 * MiB, 100.0, 1 * MiB), 256 * KiB),  # never below the floor
+    ((8 * MiB, 0.1, 8 * MiB), 16 * MiB),  # fast: grows, but only twofold per chunk
+    ((32 * MiB, 0.1, 32 * MiB), 64 * MiB),
+    ((64 * MiB, 0.1, 64 * MiB), 64 * MiB),  # never above the ceiling
+    ((4 * MiB, 1.0, 8 * MiB), 8 * MiB),  # 4 MiB/s: two seconds' worth is what it sends
+    ((3 * MiB, 1.0, 8 * MiB), 4 * MiB),  # 6 MiB, rounded down to a power of two
+    ((64 * KiB - 1, 10.0, 8 * MiB), 8 * MiB),  # too few bytes to tell: unchanged
+    ((8 * MiB, 0.049, 1 * MiB), 1 * MiB),  # too quick to tell: unchanged
+    ((0, 0, 3 * MiB), 3 * MiB),
+]
+
+
+def test_the_pages_rule_under_node(node: str) -> None:
+    result = next_sizes(node, [case for case, _ in PAGE_CASES])
+    assert result["next"] == [size for _, size in PAGE_CASES]
+    # The page and the server agree on the bounds, the target and what a sample is.
+    assert result["constants"] == {
+        "MIN_CHUNK_SIZE": MIN_CHUNK_SIZE,
+        "MAX_CHUNK_SIZE": MAX_CHUNK_SIZE,
+        "TARGET_SECONDS": TARGET_SECONDS,
+        "MIN_SAMPLE_BYTES": MIN_SAMPLE_BYTES,
+        "MIN_SAMPLE_SECONDS": MIN_SAMPLE_SECONDS,
+    }
