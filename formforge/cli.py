@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from formforge.allocator import tune_allocator
 from formforge.checksum import HASHERS
 from formforge.config import ConfigError, Settings, load_settings
 
@@ -95,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return EXIT_USAGE
     _configure_logging()
+    tune_allocator()  # before the first big buffer; forked workers inherit it
     if args.workers > 1:
         return _supervise(settings, args.workers)
     return asyncio.run(run_server(settings, _load_server_class()))
