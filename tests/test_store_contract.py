@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from formforge.errors import ErrorKind, UploadError
 from formforge.ids import new_upload_id
-from formforge.stores.base import ConcatRole, NewUpload, Store, UploadState
+from formforge.stores.base import ConcatRole, Digester, NewUpload, Store, UploadState
 from formforge.stores.file import FileStore
 from tests.seaweed import s3_store_fixture, s3_stores_fixture, seaweed_fixture  # noqa: F401
 
@@ -85,8 +87,7 @@ async def test_bytes_pulled_before_a_failure_are_kept(store: Store) -> None:
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("keep,offset", [(True, 5), (False, 2)])
-async def test_provisional_bytes_stay_only_if_kept(store: Store, keep: bool,
-                                                   offset: int) -> None:
+async def test_provisional_bytes_stay_only_if_kept(store: Store, keep: bool, offset: int) -> None:
     upload_id = await new(store)
     await store.write(upload_id, 0, chunks(b"ab"))
     assert await store.write(upload_id, 2, chunks(b"cde"), keep=lambda: keep) == offset
@@ -134,6 +135,7 @@ async def test_list_ids_lists_every_upload(store: Store) -> None:
 
 
 # -- crash recovery, specific to the file store --------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_recover_cuts_back_a_provisional_write_a_crash_interrupted(tmp_path: Path) -> None:
@@ -196,3 +198,14 @@ async def test_provisional_bytes_are_not_reported_before_they_are_kept(store: St
     await gate.put(None)
     assert await writer == 5
     assert (await store.get_info(upload_id)).offset == 5
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_digesting_store_hashes_the_bytes_it_holds(store: Store) -> None:
+    if not isinstance(store, Digester):
+        pytest.skip("this store streams its bytes to processing instead")
+    body = os.urandom(3 * 1024 * 1024 + 17)  # more than one read buffer, not a multiple
+    upload_id = await new(store, len(body))
+    await store.write(upload_id, 0, chunks(body[:1000], body[1000:]))
+    assert await store.sha256(upload_id, len(body)) == hashlib.sha256(body).hexdigest()
+    assert await store.sha256(upload_id, 1000) == hashlib.sha256(body[:1000]).hexdigest()

@@ -144,3 +144,12 @@ class Reader(Protocol):
 
     def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) in chunks of bounded size."""
+
+
+@runtime_checkable
+class Digester(Protocol):
+    """Optional: a store that can hash an upload where its bytes are, without streaming them
+    through the event loop (processing falls back to `Reader` otherwise)."""
+
+    async def sha256(self, upload_id: str, size: int) -> str:
+        """The hex sha256 of the upload's first `size` bytes."""
