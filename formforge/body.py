@@ -102,7 +102,9 @@ class BodyStream:
             self._data_waiter = self._loop.create_future()
             await self._data_waiter
         chunk = self._chunks.popleft()
-        self._last_activity = time.monotonic()
+        # Never earlier than `feed` set it: a paced body's wait for its next read is not
+        # silence, and taking the chunk must not undo that.
+        self._last_activity = max(self._last_activity, time.monotonic())
         self._wake(self._space_waiter)
         return chunk
 

@@ -159,3 +159,23 @@ def test_beyond_max_concurrent_uploads_is_503_with_retry_after(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert answer.status_code == 204
+
+
+def test_an_upload_read_slowly_on_purpose_is_not_taken_over_as_stalled(
+    start_server: Any, tmp_path: Path
+) -> None:
+    server = start(start_server, tmp_path, "  bandwidth_per_upload: 262144\n")
+    url = create(server, 3 * MiB)
+    answers: list[requests.Response] = []
+    paced = threading.Thread(target=lambda: answers.append(patch(url, os.urandom(3 * MiB))))
+    paced.start()
+    # Waits between reads of the paced body last seconds (a 1 MiB read at 256 KiB/s is 4 s):
+    # longer than the one second of silence after which a holder counts as stalled.
+    time.sleep(2.5)
+    offset = int(requests.head(url, headers=TUS, timeout=5).headers["Upload-Offset"])
+    assert 0 < offset < 3 * MiB
+    competing = patch(url, b"z" * 10, offset=offset)
+    assert competing.status_code == 423, competing.text
+    paced.join(30)
+    assert [answer.status_code for answer in answers] == [204]
+    assert requests.head(url, headers=TUS, timeout=5).headers["Upload-Offset"] == str(3 * MiB)
