@@ -15,13 +15,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from formforge.allocator import tune_allocator
 from formforge.checksum import HASHERS
 from formforge.config import ConfigError, Settings, load_settings
+from formforge.event_loop import loop_factory
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,19 @@ def _serve(args: argparse.Namespace) -> int:
     tune_allocator()  # before the first big buffer; forked workers inherit it
     if args.workers > 1:
         return _supervise(settings, args.workers)
-    return asyncio.run(run_server(settings, _load_server_class()))
+    return _run_loop(settings, run_server(settings, _load_server_class()))
+
+
+def _run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner:
+        return runner.run(main)
 
 
 def _supervise(settings: Settings, workers: int) -> int:
     from formforge.workers import supervise
 
     def run_worker(server: ServerLike) -> int:
-        return asyncio.run(run_server(settings, lambda _: server, announce=False))
+        return _run_loop(settings, run_server(settings, lambda _: server, announce=False))
 
     try:
         return supervise(settings, workers, run_worker, announce_url)

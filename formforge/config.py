@@ -20,6 +20,7 @@ from yaml.constructor import ConstructorError
 from yaml.resolver import BaseResolver
 
 from formforge.auth import read_token_file
+from formforge.event_loop import EventLoopChoice, uvloop_installed
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
@@ -108,6 +109,7 @@ class ServerSettings(_Section):
     public_url: HttpUrl | None = None
     cors_origins: Strings = ("*",)
     idle_timeout_seconds: Seconds = 60.0
+    event_loop: EventLoopChoice = "auto"
 
 
 class S3Settings(_Section):
@@ -375,6 +377,15 @@ def _validation_error(
     return ConfigError(message, source=origins.get(key, file_source), key=key or None)
 
 
+def _check_event_loop(choice: EventLoopChoice, source: str | None) -> None:
+    if choice == "uvloop" and not uvloop_installed():
+        raise ConfigError(
+            "uvloop is not installed (pip install 'formforge[fast]')",
+            source=source,
+            key="server.event_loop",
+        )
+
+
 def load_settings(
     *, config_path: str | None, environ: Mapping[str, str], overrides: Mapping[str, object]
 ) -> Settings:
@@ -395,4 +406,5 @@ def load_settings(
     except ValidationError as error:
         raise _validation_error(error, file_source, origins) from None
     _check_tokens(sections.auth.bearer_tokens, file_source)
+    _check_event_loop(sections.server.event_loop, origins.get("server.event_loop", file_source))
     return Settings(**dict(sections), config_file=path)

@@ -12,6 +12,7 @@ from tornado.netutil import bind_sockets
 
 from formforge.app import FormForgeApp, Role, create_app
 from formforge.config import Settings
+from formforge.event_loop import loop_name
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class Server:
             max_header_size=max(MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes),
         )
         self._http.add_sockets(sockets)
-        log.info("listening url=%s data_dir=%s", url, self.settings.storage.path)
+        log.info(
+            "listening url=%s data_dir=%s loop=%s", url, self.settings.storage.path, loop_name()
+        )
         return url
 
     async def stop(self) -> None:

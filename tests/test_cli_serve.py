@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import requests
 
 from formforge import cli
 from formforge.config import Settings
@@ -249,3 +250,21 @@ def test_process_with_port_in_use_exits_1_with_one_error_line(tmp_path: Path) ->
     assert out == ""
     assert "Traceback" not in err
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+def test_process_serves_uploads_on_the_chosen_event_loop(start_server, tmp_path, choice) -> None:
+    (tmp_path / "loop.yaml").write_text(f"server: {{event_loop: {choice}}}\n")
+    server = start_server(args=["--config", str(tmp_path / "loop.yaml")])
+    assert f"loop={choice}" in "".join(server.output)
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = requests.post(server.files_url, headers={**tus, "Upload-Length": "5"}, timeout=10)
+    assert created.status_code == 201
+    patched = requests.patch(
+        created.headers["Location"],
+        data=b"hello",
+        headers={**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        timeout=10,
+    )
+    assert (patched.status_code, patched.headers["Upload-Offset"]) == (204, "5")

@@ -215,7 +215,6 @@ def test_bad_value_names_key_and_file(text: str, key: str, message: str) -> None
 # A valid, non-default value for each feature not built yet. Rows follow the table in
 
 
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -314,3 +313,26 @@ def test_numbers_and_valid_hook_shapes_are_accepted() -> None:
     assert settings.expiration.sweep_interval_seconds == 0.5
     target = config.HookTarget.model_validate({"python": "pkg.mod:func"})
     assert (target.python, target.http, target.command) == ("pkg.mod:func", None, None)
+
+
+# --- server.event_loop ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio", "uvloop"])
+def test_event_loop_choices(choice: str) -> None:
+    write("c.yaml", f"server: {{event_loop: {choice}}}")
+    assert load("c.yaml").server.event_loop == choice
+
+
+def test_uvloop_chosen_but_not_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "uvloop_installed", lambda: False)
+    write("c.yaml", "server: {event_loop: uvloop}")
+    assert config_error("c.yaml") == (
+        "config error in c.yaml: server.event_loop: "
+        "uvloop is not installed (pip install 'formforge[fast]')"
+    )
+
+
+def test_unknown_event_loop_is_refused() -> None:
+    write("c.yaml", "server: {event_loop: trio}")
+    assert config_error("c.yaml").startswith("config error in c.yaml: server.event_loop: ")
