@@ -19,10 +19,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from formforge.allocator import tune_allocator
 from formforge.checksum import HASHERS
 from formforge.config import ConfigError, Settings, load_settings
 from formforge.event_loop import loop_factory
+from formforge.memory import tune_allocator, tune_collector
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ async def run_server(
     except OSError as error:
         print(_start_error_line(settings, error), file=sys.stderr)
         return EXIT_FAILURE
+    tune_collector()
     if announce:
         announce_url(url)
     await stop_requested.wait()

@@ -1,4 +1,4 @@
-"""The allocator settings `formforge serve` applies: 1 MiB chunks come from the heap."""
+"""The memory settings `formforge serve` applies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 PROBE = textwrap.dedent(
     """
     import ctypes, sys
-    from formforge.allocator import tune_allocator
+    from formforge.memory import tune_allocator
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -40,3 +40,12 @@ def maps_made_for_a_chunk(mode: str) -> int:
 def test_a_chunk_sized_buffer_comes_from_the_heap_once_tuned() -> None:
     assert maps_made_for_a_chunk("default") == 1  # glibc's default: a map of its own
     assert maps_made_for_a_chunk("tuned") == 0
+
+
+def test_the_collector_leaves_start_up_objects_alone_and_runs_less_often() -> None:
+    probe = (
+        "import gc; from formforge.memory import tune_collector; tune_collector(); "
+        "print(gc.get_freeze_count() > 1000, gc.get_threshold()[0])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "10000"]
