@@ -223,7 +223,10 @@ class UploadService:
         self._check_accepting()
         if not is_valid_upload_id(request.upload_id):
             raise UploadError(ErrorKind.NOT_FOUND, "no such upload")
-        self._check_capacity()
+        # A write of no bytes (one that completes the upload) stores nothing and is over at
+        # once: it takes no slot of max_concurrent_uploads.
+        if request.content_length != 0:
+            self._check_capacity()
         lock = await self.locker.acquire(request.upload_id, body.release_request)
         try:
             info = await self._writable(request)

@@ -251,6 +251,35 @@ def download(server: ServerProcess, path: str) -> requests.Response:
     return HTTP.get(server.url + path, timeout=30)
 
 
+def stored_offset(server: ServerProcess, path: str) -> int:
+    """The offset, read through tus. A draft HEAD stops a request still writing to the upload
+    (the draft's concurrency rule); a tus HEAD only reads, so a test can watch an append."""
+    response = HTTP.head(server.url + path, headers={"Tus-Resumable": "1.0.0"}, timeout=10)
+    assert response.status_code == 200, response
+    return int(response.headers["Upload-Offset"])
+
+
+def wait_for_offset(draft: Draft, path: str, at_least: int, timeout: float = 30.0) -> int:
+    """The stored offset once it is `at_least`, read while an append is still running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        offset = stored_offset(draft.server, path)
+        if offset >= at_least:
+            return offset
+        time.sleep(0.05)
+    pytest.fail(f"the upload never reached {at_least} bytes\n{draft.server.log_tail()}")
+
+
+def start_slow_append(draft: Draft, path: str, body: bytes, sent: int) -> Wire:
+    """An append of `body` whose first `sent` bytes are stored; the request stays open."""
+    wire = draft.wire()
+    fields = {**append_fields(draft.version, 0, True), "Content-Length": str(len(body))}
+    wire.start("PATCH", path, draft.fields(fields))
+    wire.send(body[:sent])
+    assert wait_for_offset(draft, path, sent) == sent
+    return wire
+
+
 def eventually_offset(draft: Draft, path: str, offset: int, timeout: float = 10.0) -> Response:
     """HEAD until the server has seen the cut and stored `offset` bytes."""
     deadline = time.monotonic() + timeout
@@ -456,6 +485,32 @@ def test_options_announces_limits(draft: Draft) -> None:
         assert response.get("Accept-Patch") == "application/partial-upload"
         limit = response.get("Upload-Limit") or ""
         assert re.fullmatch(rf"max-size=\d+, {key}=\d+", limit), response
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_a_completing_request_without_content_needs_no_upload_slot(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`limits.max_concurrent_uploads` caps requests that store bytes. A request with no
+    content that completes the upload ("the request has no content. Once the request is
+    processed by the server, the upload is complete") stores nothing: it is not refused
+    while every slot is taken."""
+    config = tmp_path / "one.yaml"
+    config.write_text("storage:\n  fsync: false\nlimits:\n  max_concurrent_uploads: 1\n")
+    draft = Draft(start_server(args=["--config", str(config)]), 8)
+    path, _ = draft.create(b"abc")
+    busy, _ = draft.create()
+    with start_slow_append(draft, busy, b"x" * 100, 10):  # holds the only slot
+        assert draft.append(path, 3, b"d", complete=False).status == 503  # bytes need one
+        response = draft.append(path, 3, b"", complete=True)
+        assert response.status == 204 and says_complete(8, response), response
+        _, empty_file = draft.call("POST", "/files/", completion(8, True))
+        assert empty_file.status == 201 and says_complete(8, empty_file), empty_file
+        assert stored_offset(draft.server, busy) == 10  # the holder was not disturbed
+    assert download(draft.server, path).content == b"abc"
+    assert download(draft.server, path_of(empty_file)).content == b""
 
 
 # --------------------------------------------------------------------------- interruptions
@@ -790,13 +845,3 @@ def test_tus_js_client_resumes_after_the_server_was_killed(
     assert urlsplit(result["url"]).path == path
     got = download(server, path)
     assert got.status_code == 200 and sha256(got.content) == sha256(data)
-
-
-def wait_for_offset(draft: Draft, path: str, at_least: int, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        offset = int(draft.head(path).get("Upload-Offset") or 0)
-        if offset >= at_least:
-            return offset
-        time.sleep(0.05)
-    pytest.fail(f"the upload never reached {at_least} bytes\n{draft.server.log_tail()}")
