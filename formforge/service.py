@@ -78,6 +78,7 @@ class WriteRequest:
     length: int | None = None  # declares a deferred length
     content_length: int | None = None  # None: not known in advance (chunked)
     checksum: Checksum | None = None
+    intended_length: int | None = None  # declares `UploadInfo.intended_length`
 
 
 class UploadService:
@@ -160,11 +161,15 @@ class UploadService:
         metadata: dict[str, str],
         concat: ConcatRole | None = None,
         request: RequestInfo | None = None,
+        *,
+        intended_length: int | None = None,
     ) -> UploadInfo:
         self._check_accepting()
         self._check_size(size)
+        self._check_size(intended_length)
         metadata = await self._checked_metadata(size, metadata, request)
-        info = await self.store.create(NewUpload(new_upload_id(), size, metadata, concat))
+        new = NewUpload(new_upload_id(), size, metadata, concat, intended_length=intended_length)
+        info = await self.store.create(new)
         self.bus.publish(UploadCreated(info))
         log.info("created upload_id=%s size=%s", info.id, size)
         return await self.processor.finish(info) if info.is_complete else info
@@ -254,25 +259,43 @@ class UploadService:
                 offset=info.offset,
             )
         size = info.size if request.length is None else self._valid_length(info, request.length)
-        if (
-            size is not None
-            and request.content_length is not None
-            and info.offset + request.content_length > size
-        ):
+        intended = self._valid_intended_length(info, request.intended_length)
+        end = info.offset + (request.content_length or 0)
+        if size is not None and end > size:
             raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past the upload's length")
-        if size != info.size:  # declared only once the request is known to be acceptable
-            info = await self.store.update(info.id, size=size)
+        if intended is not None and end > intended:
+            raise _inconsistent_length(f"the request goes past the length {intended}", intended)
+        # Declared only once the request is known to be acceptable.
+        if size != info.size or intended != info.intended_length:
+            info = await self.store.update(info.id, size=size, intended_length=intended)
         return info
 
     def _valid_length(self, info: UploadInfo, length: int) -> int:
-        """A length a request declares: once only, within limits, not below the offset."""
+        """A length a request declares: once only, within limits, not below the offset, and
+        the intended length if one was said."""
         if info.size is not None:
             if length != info.size:
                 raise UploadError(ErrorKind.BAD_REQUEST, "the upload's length cannot be changed")
             return length
+        if info.intended_length not in (None, length):
+            raise _inconsistent_length(
+                f"the upload is {info.intended_length} bytes, not {length}", info.intended_length
+            )
         self._check_size(length)
         if length < info.offset:
             raise UploadError(ErrorKind.BAD_REQUEST, "the declared length is below the offset")
+        return length
+
+    def _valid_intended_length(self, info: UploadInfo, length: int | None) -> int | None:
+        """The upload's intended length after a request that may say one: said once, every
+        later request that says one must say the same."""
+        if length is None or length == info.intended_length:
+            return info.intended_length
+        if info.intended_length is not None:
+            raise _inconsistent_length(
+                f"the upload is {info.intended_length} bytes, not {length}", info.intended_length
+            )
+        self._check_size(length)
         return length
 
     async def _write(
@@ -323,6 +346,8 @@ class UploadService:
     ) -> AsyncIterator[bytes]:
         """The body as the store pulls it: checked against the size, hashed, reported."""
         offset, limit = info.offset, info.size
+        if limit is None:
+            limit = info.intended_length  # a front should have capped the body there already
         throttle = ProgressThrottle(self.limits.progress_interval_seconds, start)
         async for chunk in body:
             if limit is not None and offset + len(chunk) > limit:
@@ -439,6 +464,11 @@ class UploadService:
 
     def _publish_failure(self, upload_id: str, kind: ErrorKind, message: str, offset: int) -> None:
         self.bus.publish(UploadFailed(upload_id, kind, message, offset))
+
+
+def _inconsistent_length(message: str, intended_length: int) -> UploadError:
+    """A request at odds with the length the client said before (a client bug: final)."""
+    return UploadError(ErrorKind.BAD_REQUEST, message, intended_length=intended_length)
 
 
 def _refuse(force: bool) -> bool:

@@ -487,6 +487,53 @@ def test_options_announces_limits(draft: Draft) -> None:
         assert re.fullmatch(rf"max-size=\d+, {key}=\d+", limit), response
 
 
+# --------------------------------------------------------------------------- the length
+
+
+def test_a_length_indicated_by_an_incomplete_request_is_remembered(draft: Draft) -> None:
+    """The draft: "The server MUST record the length ... if the Upload-Length or
+    Upload-Complete: ?1 header fields are included in the request"; HEAD "MUST include the
+    length in the Upload-Length header field"; "The offset could match the length, but the
+    upload can still be incomplete"."""
+    path, created = draft.create(b"0123456789", extra={"Upload-Length": "30"})
+    assert created.get("Upload-Length") == "30" and not says_complete(draft.version, created)
+    head = draft.head(path)
+    assert (head.get("Upload-Offset"), head.get("Upload-Length")) == ("10", "30"), head
+
+    response = draft.append(path, 10, b"x" * 20, complete=False)  # reaches the length
+    assert response.status == append_status(draft.version), response
+    head = draft.head(path)
+    assert (head.get("Upload-Offset"), head.get("Upload-Length")) == ("30", "30"), head
+    assert not says_complete(draft.version, head)  # only the client completes an upload
+    assert download(draft.server, path).status_code == 409
+
+    response = draft.append(path, 30, b"", complete=True)
+    assert says_complete(draft.version, response), response
+    assert download(draft.server, path).content == b"0123456789" + b"x" * 20
+
+
+def test_later_requests_must_agree_with_the_remembered_length(draft: Draft) -> None:
+    """The draft: "If multiple requests include indicators, their indicated values MUST
+    match", and "If the length is known, the server MUST prevent the offset from exceeding
+    the upload length"."""
+    path, _ = draft.create(extra={"Upload-Length": "8"})  # careful creation: no content
+    assert draft.head(path).get("Upload-Length") == "8"
+    refused = {
+        "another length": draft.append(path, 0, b"abc", False, {"Upload-Length": "9"}),
+        "past the length": draft.append(path, 0, b"x" * 9, complete=False),
+        "ends before it": draft.append(path, 0, b"abc", complete=True),
+    }
+    inconsistent = problem_type(draft.version, "inconsistent-upload-length")
+    for case, response in refused.items():
+        assert response.status == 400, (case, response)
+        assert response.problem()["type"] == inconsistent, (case, response)
+    assert draft.head(path).get("Upload-Offset") == "0"  # nothing was written
+
+    response = draft.append(path, 0, b"abcdefgh", complete=True, extra={"Upload-Length": "8"})
+    assert says_complete(draft.version, response) and response.get("Upload-Length") == "8"
+    assert download(draft.server, path).content == b"abcdefgh"
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -529,7 +576,9 @@ def test_a_cut_creation_keeps_its_bytes_but_is_not_complete(draft: Draft) -> Non
         time.sleep(0.2)
     head = eventually_offset(draft, path, 120 * KiB)
     assert not says_complete(draft.version, head)
-    assert head.get("Upload-Length") is None
+    # "The server MUST record the length ... if the Upload-Length or Upload-Complete: ?1
+    # header fields are included in the request": Upload-Complete: ?1 and Content-Length.
+    assert head.get("Upload-Length") == str(len(body))
     assert download(draft.server, path).status_code == 409
 
     response = draft.append(path, 120 * KiB, body[120 * KiB :], complete=True)

@@ -16,9 +16,14 @@ Completion. An upload is complete only once a request that says so (`Upload-Comp
 deferred length, and the length (= the offset reached) is declared through the service only
 at that point, by a zero-byte write that carries it. A body that is cut, stalls or is taken
 over never gets there: its bytes stay, the upload stays incomplete, and HEAD says
-`Upload-Complete: ?0`. An `Upload-Length` the client sends is checked against the request
-and caps its body, but it is not stored (the service would complete an upload whose offset
-reaches its length, which the draft forbids); HEAD reports `Upload-Length` once complete.
+`Upload-Complete: ?0`.
+
+Length. The length a request indicates (`Upload-Length`, or the offset plus `Content-Length`
+of a request that completes the upload) is recorded as the upload's intended length, not its
+size: "The offset could match the length, but the upload can still be incomplete", and the
+service completes an upload whose offset reaches its size. Later requests must agree with
+it and cannot go past it (400, inconsistent length), it caps their bodies, and HEAD reports
+it as `Upload-Length`.
 
 104 interim responses. Tornado has no API for 1xx responses, so `InterimResponses` writes
 them as raw bytes on the connection's IOStream (`HTTP1Connection.stream`):
@@ -195,7 +200,7 @@ class IetfHandler(StreamingWriteHandler):
         self.completes = self.variant.completeness.requested(self.request.headers)
         self.length = self._indicated_length(0)
         self.created = await self.service.create(
-            None, self._creation_metadata(), None, self.request_info()
+            None, self._creation_metadata(), None, self.request_info(), intended_length=self.length
         )
         # Announced as soon as it exists: a client cut off from here on can resume.
         fields = {"Location": self._upload_url(self.created.id)}
@@ -217,15 +222,20 @@ class IetfHandler(StreamingWriteHandler):
         if self.provided_offset is None:
             raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Offset is missing or invalid")
         self.completes = self.variant.completeness.requested(self.request.headers)
-        if (await self.service.get(upload_id)).is_complete:
+        info = await self.service.get(upload_id)
+        if info.is_complete:
             # Draft: never modify a complete upload; bytes for it are an inconsistent length.
             problem = INCONSISTENT_LENGTH if self._has_body() else COMPLETED_UPLOAD
             raise UploadError(ErrorKind.BAD_REQUEST, "the upload is complete", problem=problem)
-        self.length = self._indicated_length(self.provided_offset)
+        # The service checks under the lock that this agrees with the length said before.
+        indicated = self._indicated_length(self.provided_offset)
+        self.length = info.intended_length if indicated is None else indicated
         await self._start_write(upload_id, self.provided_offset)
 
     async def _start_write(self, upload_id: str, offset: int) -> None:
-        request = WriteRequest(upload_id, offset, None, self._content_length())
+        request = WriteRequest(
+            upload_id, offset, content_length=self._content_length(), intended_length=self.length
+        )
         # The body may not take the upload past its indicated length, or past max_size.
         limit = self.service.limits.max_size if self.length is None else self.length
         await self.start_body_write(request, max(limit - offset, 0))
@@ -316,11 +326,10 @@ class IetfHandler(StreamingWriteHandler):
 
     async def _complete(self, info: UploadInfo) -> UploadInfo:
         """Declare the length (the offset reached) and finish the upload, through the
-        service's deferred-length write of zero bytes, under the upload's lock."""
+        service's deferred-length write of zero bytes, under the upload's lock. The service
+        refuses it if the upload's intended length is another."""
         if info.is_complete:
             return info
-        if self.length is not None and self.length != info.offset:
-            raise _inconsistent(f"the body ended at {info.offset}, not at {self.length}")
         body = BodyStream(self.settings["idle_timeout_seconds"], self._drop_connection)
         body.finish()
         declare = WriteRequest(info.id, info.offset, length=info.offset, content_length=0)
@@ -351,8 +360,9 @@ class IetfHandler(StreamingWriteHandler):
         field = self.variant.completeness.field(info.is_complete)
         if field is not None:
             self.set_header(*field)
-        if info.size is not None:
-            self.set_header("Upload-Length", str(info.size))
+        length = info.intended_length if info.size is None else info.size
+        if length is not None:
+            self.set_header("Upload-Length", str(length))
         limit = self._upload_limit(info)
         if limit is not None:
             self.set_header("Upload-Limit", limit)
@@ -386,7 +396,7 @@ class IetfHandler(StreamingWriteHandler):
         """RFC 9457 problem details: the draft's type where this version defines one."""
         status = self.get_status()
         mismatch = error.kind is ErrorKind.OFFSET_MISMATCH
-        name = error.details.get("problem", MISMATCHING_OFFSET if mismatch else None)
+        name = error.details.get("problem") or _problem_name(error)
         problem: dict[str, Any] = {"type": "about:blank", "title": responses.get(status, "")}
         if name in self.variant.problem_types:
             problem = {"type": PROBLEM_BASE + name, "title": PROBLEM_TITLES[name]}
@@ -449,6 +459,13 @@ class IetfHandler(StreamingWriteHandler):
         if not upload_id:
             raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "this method needs an upload URL")
         return upload_id
+
+
+def _problem_name(error: UploadError) -> str | None:
+    """The draft's problem type for an error the service raised."""
+    if error.kind is ErrorKind.OFFSET_MISMATCH:
+        return MISMATCHING_OFFSET
+    return INCONSISTENT_LENGTH if "intended_length" in error.details else None
 
 
 def _inconsistent(message: str) -> UploadError:

@@ -41,6 +41,7 @@ class NewUpload:
     metadata: Mapping[str, str] = field(default_factory=dict)
     concat: ConcatRole | None = None
     parts: tuple[str, ...] = ()  # the partial uploads of a final one, in order
+    intended_length: int | None = None  # see `UploadInfo`
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class UploadInfo:
     parts: tuple[str, ...] = ()
     sha256: str | None = None
     error: str | None = None
+    # The length the client said it will send without completing the upload there (the IETF
+    # draft's Upload-Length): the offset may not pass it, but reaching it completes nothing.
+    # `size` is the length at which an upload is complete.
+    intended_length: int | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -109,7 +114,8 @@ class Store(ABC):
 
     @abstractmethod
     async def update(self, upload_id: str, **changes: object) -> UploadInfo:
-        """Durably change info fields (size, state, sha256, error, metadata).
+        """Durably change info fields (size, state, sha256, error, metadata,
+        intended_length).
 
         Raises `UploadError(TERMINATED)` for a deleted or expired upload: gone is final.
         """

@@ -18,7 +18,7 @@ from formforge.stores.base import GONE_STATES, ConcatRole, NewUpload, UploadInfo
 
 Record = dict[str, Any]
 
-UPDATABLE_FIELDS = frozenset({"size", "state", "sha256", "error", "metadata"})
+UPDATABLE_FIELDS = frozenset({"size", "state", "sha256", "error", "metadata", "intended_length"})
 
 
 def new_record(new: NewUpload) -> Record:
@@ -32,6 +32,7 @@ def new_record(new: NewUpload) -> Record:
         "parts": list(new.parts),
         "sha256": None,
         "error": None,
+        "intended_length": new.intended_length,
     }
 
 
@@ -50,6 +51,7 @@ def info_from_record(upload_id: str, record: Record, offset: int, mtime: float) 
         parts=tuple(record.get("parts") or ()),
         sha256=record.get("sha256"),
         error=record.get("error"),
+        intended_length=record.get("intended_length"),  # absent from older records
     )
 
 
