@@ -79,6 +79,10 @@ class WriteRequest:
     content_length: int | None = None  # None: not known in advance (chunked)
     checksum: Checksum | None = None
     intended_length: int | None = None  # declares `UploadInfo.intended_length`
+    # Stop a request still writing to the upload even while it receives bytes (a protocol
+    # whose clients send anew only after giving up on the earlier request); without it, only
+    # a stalled one is stopped and an active one means 423.
+    take_over: bool = False
 
 
 class UploadService:
@@ -142,6 +146,15 @@ class UploadService:
                 raise
         info = await self.store.get_info(upload_id)
         return replace(info, state=UploadState.EXPIRED)
+
+    async def stop_writing(self, upload_id: str) -> UploadInfo:
+        """The upload once no request writes to it: one still writing is stopped, even while
+        it receives bytes, and what it received is stored before this returns. Raises
+        `UploadError(UPLOAD_LOCKED)` if it does not let go within the locker's wait."""
+        await self.get(upload_id)  # an upload that exists and is not gone: only then lock it
+        lock = await self.locker.acquire(upload_id, _refuse, force=True)
+        await lock.release()
+        return await self.get(upload_id)
 
     async def open_download(self, upload_id: str) -> tuple[UploadInfo, Reader]:
         info = await self.get(upload_id)
@@ -232,7 +245,9 @@ class UploadService:
         # once: it takes no slot of max_concurrent_uploads.
         if request.content_length != 0:
             self._check_capacity()
-        lock = await self.locker.acquire(request.upload_id, body.release_request)
+        lock = await self.locker.acquire(
+            request.upload_id, body.release_request, force=request.take_over
+        )
         try:
             info = await self._writable(request)
         except BaseException:

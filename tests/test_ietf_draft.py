@@ -11,6 +11,7 @@ Each finished upload is checked by downloading it (GET) and comparing the bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -532,6 +533,52 @@ def test_later_requests_must_agree_with_the_remembered_length(draft: Draft) -> N
     response = draft.append(path, 0, b"abcdefgh", complete=True, extra={"Upload-Length": "8"})
     assert says_complete(draft.version, response) and response.get("Upload-Length") == "8"
     assert download(draft.server, path).content == b"abcdefgh"
+
+
+# --------------------------------------------------------------------------- concurrency
+# "If a server receives a new request to retrieve the offset ..., append representation data
+# ..., or cancel the upload ... while a previous request for creating the upload ... or
+# appending representation data ... to the same upload resource is still ongoing, the server
+# SHOULD prevent race conditions, data loss, and corruption by terminating the previous
+# request before processing the new request." A draft client only asks again once it gave up
+# on the earlier request, so the earlier one is stopped even while bytes still arrive (tus
+# stops only a silent one, and answers 423 otherwise: URLSession does not retry a 423).
+
+
+def assert_stopped(wire: Wire) -> None:
+    """The server ended the request by closing its connection (after any 104s)."""
+    with wire, pytest.raises(ConnectionError):
+        wire.exchange()
+
+
+def test_an_offset_retrieval_stops_a_request_still_sending(draft: Draft) -> None:
+    """The offset HEAD reports "MUST be accepted in a subsequent request to append": no byte
+    of the earlier request may land after it."""
+    path, _ = draft.create()
+    body = os.urandom(256 * KiB)
+    earlier = start_slow_append(draft, path, body, 64 * KiB)
+    head = draft.head(path)
+    assert head.status == 204 and head.get("Upload-Offset") == str(64 * KiB), head
+    with contextlib.suppress(OSError):
+        earlier.send(body[64 * KiB : 128 * KiB])  # too late: that request is over
+    assert_stopped(earlier)
+    assert stored_offset(draft.server, path) == 64 * KiB
+
+    response = draft.append(path, 64 * KiB, body[64 * KiB :], complete=True)
+    assert says_complete(draft.version, response), response
+    assert download(draft.server, path).content == body
+
+
+def test_a_new_append_takes_over_from_a_request_still_sending(draft: Draft) -> None:
+    """The earlier append's bytes stay; the new one continues from them and completes."""
+    path, _ = draft.create()
+    body = os.urandom(256 * KiB)
+    earlier = start_slow_append(draft, path, body, 64 * KiB)
+    response = draft.append(path, 64 * KiB, body[64 * KiB :], complete=True)
+    assert response.status == append_status(draft.version), response
+    assert says_complete(draft.version, response), response
+    assert_stopped(earlier)
+    assert download(draft.server, path).content == body
 
 
 # --------------------------------------------------------------------------- limits

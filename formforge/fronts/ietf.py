@@ -25,6 +25,10 @@ service completes an upload whose offset reaches its size. Later requests must a
 it and cannot go past it (400, inconsistent length), it caps their bodies, and HEAD reports
 it as `Upload-Length`.
 
+Concurrency. A new append or HEAD stops a request still writing to the upload, even one still
+receiving bytes (the draft's recommended approach; see `head`): what it received stays. The
+tus front stops only a stalled one, and answers 423 otherwise, which draft clients do not retry.
+
 104 interim responses. Tornado has no API for 1xx responses, so `InterimResponses` writes
 them as raw bytes on the connection's IOStream (`HTTP1Connection.stream`):
 
@@ -234,7 +238,11 @@ class IetfHandler(StreamingWriteHandler):
 
     async def _start_write(self, upload_id: str, offset: int) -> None:
         request = WriteRequest(
-            upload_id, offset, content_length=self._content_length(), intended_length=self.length
+            upload_id,
+            offset,
+            content_length=self._content_length(),
+            intended_length=self.length,
+            take_over=True,  # see `head`
         )
         # The body may not take the upload past its indicated length, or past max_size.
         limit = self.service.limits.max_size if self.length is None else self.length
@@ -305,7 +313,18 @@ class IetfHandler(StreamingWriteHandler):
         self.set_status(self.variant.append_status)
 
     async def head(self, upload_id: str | None = None) -> None:
-        info = await self.service.get(self._require_id(upload_id))
+        # Draft: a new offset retrieval or append while an earlier request is "still ongoing":
+        # "the server SHOULD ... [terminate] the previous request before processing the new
+        # request" (a client asks anew only once it gave up on that one), and the offset sent
+        # "MUST be accepted in a subsequent request to append". If the earlier request does
+        # not let go in time, say what is stored rather than 423, which clients do not retry.
+        upload_id = self._require_id(upload_id)
+        try:
+            info = await self.service.stop_writing(upload_id)
+        except UploadError as error:
+            if error.kind is not ErrorKind.UPLOAD_LOCKED:
+                raise
+            info = await self.service.get(upload_id)
         self.set_header("Cache-Control", "no-store")
         self._describe(info)
         self.set_status(204)
