@@ -29,7 +29,6 @@ from formforge.realtime import RealtimeBridge, UploadNamespace, create_socketio
 from formforge.service import Limits, UploadService
 from formforge.stores.base import Store
 from formforge.stores.file import FileStore
-from formforge.stores.s3 import S3Store
 from formforge.throughput import Throughput
 
 log = logging.getLogger(__name__)
@@ -143,6 +142,9 @@ def create_app(
 def _store(settings: Settings) -> Store:
     s3 = settings.storage.s3
     if settings.storage.backend == "s3" and s3 is not None:
+        # Imported only here: aiobotocore adds ~8 MiB to every process that imports it.
+        from formforge.stores.s3 import S3Store
+
         return S3Store(
             s3.bucket,
             endpoint=s3.endpoint,

@@ -49,3 +49,14 @@ def test_the_collector_leaves_start_up_objects_alone_and_runs_less_often() -> No
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "10000"]
+
+
+def test_a_local_disk_server_does_not_load_the_s3_client() -> None:
+    # aiobotocore and botocore add ~8 MiB to the resident size of a process that never
+    # talks to S3.
+    probe = (
+        "import sys; from formforge import cli, server; "
+        "print(sorted(m for m in ('aiobotocore', 'botocore') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
