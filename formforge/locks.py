@@ -3,8 +3,9 @@
 A holder registers a `release_request` callback with its lock. Someone who wants the lock
 asks the holder (through the callback) to let go; the holder decides: a request that is
 stalled, or any request when the asker must take over (DELETE; an append or HEAD of the IETF
-draft), stops reading, saves what it has and releases. An active holder refuses and the asker gets `upload-locked` (423).
-A Redis locker (cluster mode) carries the same request over pub/sub.
+draft), stops reading, saves what it has and releases. An active holder refuses and the
+asker gets `upload-locked` (423). A Redis locker (cluster mode) carries the same request
+over pub/sub.
 """
 
 from __future__ import annotations
