@@ -13,6 +13,7 @@ from tornado.netutil import bind_sockets
 from formforge.app import FormForgeApp, Role, create_app
 from formforge.config import Settings
 from formforge.event_loop import loop_name
+from formforge.memory import release_memory_when_idle
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Server:
         self.role = role or Role()
         self.app: FormForgeApp | None = None
         self._http: HTTPServer | None = None
+        self._memory_releaser: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         """Recover the store, bind, and return the URL clients use."""
@@ -62,6 +64,10 @@ class Server:
             max_header_size=max(MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes),
         )
         self._http.add_sockets(sockets)
+        service = self.app.service
+        self._memory_releaser = asyncio.create_task(
+            release_memory_when_idle(lambda: service.writes_started, lambda: service.writing)
+        )
         log.info(
             "listening url=%s data_dir=%s loop=%s", url, self.settings.storage.path, loop_name()
         )
@@ -69,6 +75,8 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let every write in flight persist what it got, then close."""
+        if self._memory_releaser is not None:
+            self._memory_releaser.cancel()
         if self._http is not None:
             self._http.stop()
         if self.app is not None:

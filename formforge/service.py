@@ -102,10 +102,16 @@ class UploadService:
         self.processor = Processor(store, bus, self.hooks)
         self.bandwidth = Bandwidth(limits.bandwidth_per_upload, limits.bandwidth_total)
         self._writes: set[asyncio.Task[UploadInfo]] = set()
+        self.writes_started = 0  # ever, in this process: whether anything happened lately
         self._bodies: set[BodyStream] = set()
         self.accepting = True
 
     # -- what this store can do ----------------------------------------------------------
+
+    @property
+    def writing(self) -> bool:
+        """Whether a body is being received and stored right now."""
+        return bool(self._writes)
 
     @property
     def can_terminate(self) -> bool:
@@ -256,6 +262,7 @@ class UploadService:
         body.pace = self.bandwidth.pace_for_upload()
         task = asyncio.create_task(self._write(info, request, body, lock))
         self._writes.add(task)
+        self.writes_started += 1
         self._bodies.add(body)
         task.add_done_callback(self._writes.discard)
         task.add_done_callback(lambda _: self._bodies.discard(body))

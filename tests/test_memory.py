@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from formforge import memory
 
 PROBE = textwrap.dedent(
     """
@@ -60,3 +63,60 @@ def test_a_local_disk_server_does_not_load_the_s3_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+RELEASE_PROBE = textwrap.dedent(
+    """
+    from pathlib import Path
+    from formforge.memory import release_free_memory, tune_allocator
+
+    def rss_mib():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+
+    tune_allocator()
+    burst, survivors = [], []
+    for _ in range(200):  # 200 uploads' chunks at once, and small things that outlive them
+        burst.append(bytearray(1024 * 1024))
+        survivors.append(bytearray(4096))
+    del burst  # freed, but pinned in the heap between the survivors
+    before = rss_mib()
+    assert release_free_memory()
+    print(before, rss_mib())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_freed_heap_is_handed_back_on_request() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True
+    )
+    before, after = map(int, done.stdout.split())
+    assert before - after >= 100, (before, after)
+
+
+@pytest.mark.gen_test
+async def test_memory_is_released_once_per_burst_after_a_quiet_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    releases: list[int] = []
+    work = {"started": 0, "busy": False}
+    monkeypatch.setattr(memory, "release_free_memory", lambda: releases.append(1) or True)
+    task = asyncio.create_task(
+        memory.release_memory_when_idle(lambda: work["started"], lambda: work["busy"], 0.05)
+    )
+    try:
+        await asyncio.sleep(0.2)
+        assert releases == []  # nothing happened: nothing to give back
+        work.update(started=1, busy=True)
+        await asyncio.sleep(0.2)
+        assert releases == []  # still writing
+        work["busy"] = False
+        await asyncio.sleep(0.2)
+        assert releases == [1]
+        await asyncio.sleep(0.2)
+        assert releases == [1]  # once per burst
+    finally:
+        task.cancel()
