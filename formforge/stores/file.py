@@ -36,6 +36,7 @@ from formforge.stores.records import (
     load_record,
     new_record,
 )
+from formforge.stores.writeback import start_writeback
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -169,9 +170,9 @@ class FileStore(Store):
         try:
             async for chunk in chunks:
                 if len(chunk) <= INLINE_WRITE_MAX or self._streaming == 1:
-                    _pwrite_all(fd, chunk, end)
+                    _write_chunk(fd, chunk, end, self.fsync)
                 else:
-                    await _in_thread(_pwrite_all, fd, chunk, end)
+                    await _in_thread(_write_chunk, fd, chunk, end, self.fsync)
                 end += len(chunk)
         finally:
             self._streaming -= 1
@@ -325,6 +326,12 @@ def _read_small(path: str) -> bytes:
         return b"".join(parts)
     finally:
         os.close(fd)
+
+
+def _write_chunk(fd: int, chunk: bytes, position: int, durable: bool) -> None:
+    _pwrite_all(fd, chunk, position)
+    if durable:  # the fdatasync at the end of the request then has less left to wait for
+        start_writeback(fd, position, len(chunk))
 
 
 def _pwrite_all(fd: int, chunk: bytes, position: int) -> None:
