@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import logging
-import sys
 from collections.abc import Callable
-from typing import Any
+
+from formforge.libc import libc_function
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +40,15 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024  # above a chunk, below anything worth its own map
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024  # free heap kept for the next burst of chunks
 YOUNG_COLLECTION_EVERY = 10_000  # allocations of tracked objects; Python's default is 700
-
-
 IDLE_BEFORE_TRIM_SECONDS = 1.0
-
-
-def _glibc_function(name: str) -> Any:
-    """A glibc function by name, or None where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
-    except (OSError, AttributeError):
-        return None
 
 
 def tune_allocator() -> bool:
     """Apply the thresholds (once, at start-up, before serving); False where the C library
     has no `mallopt` (not glibc), which changes nothing but speed."""
-    mallopt = _glibc_function("mallopt")
+    mallopt = libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
     if mallopt is None:
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
@@ -80,10 +65,9 @@ def tune_collector() -> None:
 
 def release_free_memory() -> bool:
     """Hand the heap's free pages back to the system; False where that is not glibc."""
-    malloc_trim = _glibc_function("malloc_trim")
+    malloc_trim = libc_function("malloc_trim", (ctypes.c_size_t,))
     if malloc_trim is None:
         return False
-    malloc_trim.argtypes = (ctypes.c_size_t,)
     malloc_trim(0)
     return True
 

@@ -119,10 +119,9 @@ class FileStore(Store):
         return self._info_sync(new.id)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        return self._info_sync(upload_id)  # two stats and a cached record: no thread needed
+        return self._info_sync(upload_id)  # two stats and two small reads: no thread needed
 
     def _info_sync(self, upload_id: str) -> UploadInfo:
-        # os functions on str paths: pathlib's objects cost more than the syscalls here.
         base = self._path(upload_id, "")
         try:
             info_stat = os.stat(f"{base}.info")

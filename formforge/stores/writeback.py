@@ -12,26 +12,13 @@ MiB/s, above the ~825 MiB/s measured for one fdatasync of a whole copied file he
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import sys
-from typing import Any
+
+from formforge.libc import libc_function
 
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: initiate write-out of dirty pages, do not wait
-
-
-def _sync_file_range() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE = libc_function(
+    "sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+)
 
 
 def start_writeback(fd: int, offset: int, count: int) -> bool:
