@@ -102,6 +102,17 @@ async def test_update_declares_length_and_state(store: Store) -> None:
 
 
 @pytest.mark.gen_test
+async def test_an_intended_length_is_kept_from_creation_and_from_an_update(store: Store) -> None:
+    created = await new(store, None, intended_length=9)
+    assert (await store.get_info(created)).intended_length == 9
+    upload_id = await new(store, None)
+    assert (await store.get_info(upload_id)).intended_length is None
+    await store.update(upload_id, intended_length=12)
+    info = await store.get_info(upload_id)
+    assert (info.size, info.intended_length, info.is_complete) == (None, 12, False)
+
+
+@pytest.mark.gen_test
 async def test_terminate_keeps_a_tombstone_and_forget_removes_it(store: Store) -> None:
     upload_id = await new(store)
     await store.write(upload_id, 0, chunks(b"abc"))
