@@ -87,6 +87,10 @@ class FormForgeApp:
                 removed = await self.service.sweep()
                 if removed:
                     log.info("sweep removed=%d", removed)
+                # Uploads a dead node or worker was processing: their claims died with it.
+                resumed = await self.service.processor.resume()
+                if resumed:
+                    log.info("processing resumed uploads=%d", resumed)
             except Exception:
                 log.exception("sweep failed")
 

@@ -1,9 +1,15 @@
 """Processing: what happens once an upload has all its bytes, before it is `complete`.
 
-The whole-file sha256, then the post-finish hooks, in the background and without the
-upload's lock. Meanwhile the state is `processing`; success publishes `UploadFinished`,
-failure marks the upload `error` and publishes `processing-failed`. A crash mid-way leaves
-`processing` behind, and `resume` at start-up processes such uploads again.
+The whole-file sha256, then the post-finish hooks, in the background. Meanwhile the state
+is `processing`; success publishes `UploadFinished`, failure marks the upload `error` and
+publishes `processing-failed`. A crash mid-way leaves `processing` behind, and `resume` (at
+start-up, and then from the sweeper) processes such uploads again.
+
+Processing holds a claim on the upload (a lock of the locker under a name no upload has,
+so requests never wait for it), so that of several processes or nodes resuming at once,
+exactly one processes each upload: the others find it claimed and leave it. A DELETE meanwhile
+ends the processing as before (gone is final). A node that dies while processing loses its
+claim with its locks, and the next `resume` anywhere picks the upload up.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 from formforge.errors import ErrorKind, UploadError
 from formforge.events import EventBus, UploadFailed, UploadFinished
 from formforge.hooks import POST_FINISH, HookFailed, HookRunner
+from formforge.locks import Lock, Locker
 from formforge.stores.base import ConcatRole, Digester, Reader, Store, UploadInfo, UploadState
 from formforge.wire import hook_upload
 
@@ -29,11 +36,13 @@ HASHING_AT_ONCE = 2
 
 
 class Processor:
-    def __init__(self, store: Store, bus: EventBus, hooks: HookRunner) -> None:
+    def __init__(self, store: Store, bus: EventBus, hooks: HookRunner, locker: Locker) -> None:
         self.store = store
         self.bus = bus
         self.hooks = hooks
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.locker = locker
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._claims: set[Lock] = set()  # held while processing; let go of at `stop` too
         self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
 
     async def finish(self, info: UploadInfo) -> UploadInfo:
@@ -46,35 +55,74 @@ class Processor:
         if info.concat is ConcatRole.PARTIAL:
             return await self.store.update(info.id, state=UploadState.COMPLETE)
         info = await self.store.update(info.id, state=UploadState.PROCESSING)
-        self.spawn(self._process(info))
+        self.spawn(self._claim_and_process(info.id))
         return info
 
     async def resume(self) -> int:
-        """At start-up: process again what a crash or a stop interrupted."""
+        """Process what a crash, a stop or a dead node left unprocessed; returns how many
+        uploads this process took on. Uploads another process is on are left to it."""
         resumed = 0
         async for upload_id in self.store.list_ids():
             info = await self.store.get_info(upload_id)
-            interrupted = info.state is UploadState.PROCESSING
-            if interrupted or (info.state is UploadState.UPLOADING and info.is_complete):
-                if interrupted:
-                    info = await self.store.update(upload_id, state=UploadState.UPLOADING)
-                await self.finish(info)
-                resumed += 1
+            if info.concat is ConcatRole.PARTIAL and _unprocessed(info, partial=True):
+                await self.finish(info)  # a part needs no processing: complete at once
+            elif _unprocessed(info):
+                resumed += await self._claim_and_process(upload_id)
         return resumed
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        """Cancel what runs; those uploads stay `processing` and are resumed at start-up."""
+        """Cancel what runs; those uploads stay `processing`, their claims are let go of,
+        and the next `resume` (here after a restart, or on another node) takes them on."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=STOP_GRACE_SECONDS)
+        for claim in list(self._claims):  # a task cancelled before it ran kept its claim
+            await claim.release()
+        self._claims.clear()
 
-    async def _process(self, info: UploadInfo) -> None:
+    async def _claim_and_process(self, upload_id: str) -> bool:
+        """Claim the upload; if it still needs processing then, process it in the
+        background (holding the claim) and return True."""
+        lock = await self._claim(upload_id)
+        if lock is None:
+            return False
+        try:
+            info = await self.store.get_info(upload_id)  # as it is now that it is ours
+            if not _unprocessed(info):
+                await lock.release()
+                return False
+            if info.state is UploadState.UPLOADING:
+                info = await self.store.update(upload_id, state=UploadState.PROCESSING)
+        except BaseException:
+            await lock.release()
+            raise
+        self._claims.add(lock)
+        self.spawn(self._process(info, lock))
+        return True
+
+    async def _claim(self, upload_id: str) -> Lock | None:
+        """The upload's processing claim, or None while someone else holds it."""
+        try:
+            return await self.locker.acquire(claim_name(upload_id), _keep)
+        except UploadError as error:
+            if error.kind is ErrorKind.UPLOAD_LOCKED:
+                return None
+            raise
+
+    async def _process(self, info: UploadInfo, claim: Lock) -> None:
+        try:
+            await self._process_claimed(info)
+        finally:
+            self._claims.discard(claim)
+            await claim.release()
+
+    async def _process_claimed(self, info: UploadInfo) -> None:
         try:
             sha256 = await self._sha256(info)
             info = await self.store.update(info.id, sha256=sha256)
@@ -119,3 +167,24 @@ class Processor:
         async for chunk in self.store.read(info.id, 0, info.offset):
             await asyncio.to_thread(hasher.update, chunk)  # hashlib lets go of the GIL
         return hasher.hexdigest()
+
+
+def _unprocessed(info: UploadInfo, partial: bool = False) -> bool:
+    """Processing was cut short, or never started although every byte is there (parts of
+    a concatenation only with `partial`: they are never processed, only completed)."""
+    if (info.concat is ConcatRole.PARTIAL) is not partial:
+        return False
+    return info.state is UploadState.PROCESSING or (
+        info.state is UploadState.UPLOADING and info.is_complete
+    )
+
+
+def claim_name(upload_id: str) -> str:
+    """The lock name of an upload's processing claim: a valid id (the lockers take only
+    those) that no upload has, as upload ids are 22 characters long."""
+    return f"{upload_id}-processing"
+
+
+def _keep(force: bool) -> bool:
+    """A claim is held until its processing ends; nobody needs to take it over."""
+    return False

@@ -99,7 +99,7 @@ class UploadService:
         self.bus = bus
         self.limits = limits
         self.hooks = hooks or HookRunner({}, 1.0)
-        self.processor = Processor(store, bus, self.hooks)
+        self.processor = Processor(store, bus, self.hooks, locker)
         self.bandwidth = Bandwidth(limits.bandwidth_per_upload, limits.bandwidth_total)
         self._writes: set[asyncio.Task[UploadInfo]] = set()
         self.writes_started = 0  # ever, in this process: whether anything happened lately
