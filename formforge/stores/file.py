@@ -49,6 +49,7 @@ READ_CHUNK = 1024 * 1024
 # nothing to overlap with (1 GiB in 8 MiB PATCHes: ~950 MiB/s through threads, ~1,500
 # inline). fdatasync always goes to a thread (docs/benchmarks.md).
 INLINE_WRITE_MAX = 64 * 1024
+LIST_YIELD_EVERY = 64  # directory entries between two turns of the event loop
 
 
 class FileStore(Store):
@@ -217,9 +218,13 @@ class FileStore(Store):
 
     async def list_ids(self) -> AsyncIterator[str]:
         names = await asyncio.to_thread(os.listdir, self.root)
-        for name in names:
+        for count, name in enumerate(names, 1):
             if name.endswith(".info"):
                 yield name.removesuffix(".info")
+            if count % LIST_YIELD_EVERY == 0:
+                # Consumers (the sweeper) read each upload's info inline: over many
+                # uploads that would hold the event loop for seconds without this.
+                await asyncio.sleep(0)
 
     # -- capabilities --------------------------------------------------------------------
 
