@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +25,57 @@ from formforge.wire import complete_payload, error_payload, progress_payload
 
 log = logging.getLogger(__name__)
 
+OWN_CODE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 
 def room_of(upload_id: str) -> str:
     return f"upload:{upload_id}"
+
+
+def raised_for_a_client(error: BaseException) -> bool:
+    """No FormForge code on the stack: python-socketio or python-engineio raised it while
+    parsing what a client sent (broken JSON, an event name that is not a string, a packet
+    type that does not exist). That client's error, not the server's."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return not any(frame.filename.startswith(OWN_CODE) for frame in frames)
+
+
+class MalformedFrames(logging.Filter):
+    """engine.io logs every error from handling a message with its traceback; one raised for
+    a client becomes one line. An error in FormForge's own handlers keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and raised_for_a_client(error):
+            kind = type(error).__name__
+            record.msg = f"{record.getMessage()}: a malformed message from a client: {kind}"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: python-engineio runs each websocket in a task of its
+    own, and a packet it cannot parse ends that task with an error nobody awaits. That is
+    one line too; everything else goes to asyncio's default handler."""
+    error = context.get("exception")
+    task = context.get("task") or context.get("future")
+    coroutine = getattr(task, "get_coro", lambda: None)()
+    library = getattr(coroutine, "__qualname__", "").startswith("AsyncServer.")
+    if isinstance(error, Exception) and library and raised_for_a_client(error):
+        log.warning("a malformed Socket.IO connection from a client: %s", type(error).__name__)
+        return
+    loop.default_exception_handler(context)
+
+
+def _engineio_logger() -> logging.Logger:
+    # Warnings and errors only: at INFO engine.io logs every packet.
+    logger = logging.getLogger(f"{__name__}.engineio")
+    logger.setLevel(logging.WARNING)
+    if not any(isinstance(known, MalformedFrames) for known in logger.filters):
+        logger.addFilter(MalformedFrames())
+    return logger
 
 
 def create_socketio(
@@ -33,7 +83,13 @@ def create_socketio(
 ) -> socketio.AsyncServer:
     origins: str | list[str] = "*" if "*" in cors_origins else list(cors_origins)
     return socketio.AsyncServer(
-        async_mode="tornado", client_manager=client_manager, cors_allowed_origins=origins
+        async_mode="tornado",
+        client_manager=client_manager,
+        cors_allowed_origins=origins,
+        engineio_logger=_engineio_logger(),
+        # Events run inside engine.io's message task, so an error a malformed event raises
+        # reaches the logger above instead of an unobserved task of python-socketio's.
+        async_handlers=False,
     )
 
 

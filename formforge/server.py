@@ -14,6 +14,7 @@ from formforge.app import FormForgeApp, Role, create_app
 from formforge.config import Settings
 from formforge.event_loop import loop_name
 from formforge.memory import release_memory_when_idle
+from formforge.realtime import quiet_client_errors
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Server:
             # answered 400 by the tus front instead of Tornado dropping the connection.
             max_header_size=max(MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes),
         )
+        asyncio.get_running_loop().set_exception_handler(quiet_client_errors)
         self._http.add_sockets(sockets)
         service = self.app.service
         self._memory_releaser = asyncio.create_task(

@@ -49,6 +49,9 @@ import pytest
 import requests
 import socketio
 
+from formforge.errors import UploadError
+from formforge.metadata import parse_metadata
+from formforge.realtime import raised_for_a_client
 from tests.async_helpers import off_loop
 from tests.async_helpers import run as run_bounded
 
@@ -742,3 +745,12 @@ def b64(data: str | bytes) -> str:
 def short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def test_an_error_counts_as_a_clients_only_with_no_formforge_code_on_its_stack() -> None:
+    with pytest.raises(ValueError) as from_the_library:
+        json.loads('42["x"')  # what python-socketio meets in a broken frame
+    assert raised_for_a_client(from_the_library.value)
+    with pytest.raises(UploadError) as from_formforge:
+        parse_metadata("filename " + "x" * 64, 16)  # a bug of ours has our frames like this
+    assert not raised_for_a_client(from_formforge.value)
