@@ -406,5 +406,5 @@ def load_settings(
     except ValidationError as error:
         raise _validation_error(error, file_source, origins) from None
     _check_tokens(sections.auth.bearer_tokens, file_source)
-    _check_event_loop(sections.server.event_loop, origins.get("server.event_loop", file_source))
+    _check_event_loop(sections.server.event_loop, file_source)  # set in the file only
     return Settings(**dict(sections), config_file=path)

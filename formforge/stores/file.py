@@ -161,8 +161,9 @@ class FileStore(Store):
         chunks: AsyncIterable[bytes],
         keep: Callable[[], bool] | None,
     ) -> int:
-        pending = self._path(upload_id, ".pending")
-        if keep is not None:
+        # Only a provisional write records where it started (and most PATCHes are not one).
+        pending = self._path(upload_id, ".pending") if keep is not None else None
+        if pending is not None:
             await self._on_disk(self._write_atomic, pending, str(offset).encode())
         fd = self._open_at_end(upload_id, offset)
         end = offset
@@ -185,7 +186,7 @@ class FileStore(Store):
                     await _in_thread(os.fdatasync, fd)
             finally:
                 os.close(fd)
-            if keep is not None:
+            if pending is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(pending)
         return end
