@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.seaweed
 
-from formforge.ids import new_upload_id
-from formforge.stores.base import NewUpload
-from formforge.stores.s3 import S3Store
+from formforge.core.ids import new_upload_id
+from formforge.core.model import NewUpload
+from formforge.stores.s3.store import S3Store
 from tests.seaweed import Seaweed, create_bucket, running_seaweed
 
 MIB = 1024 * 1024

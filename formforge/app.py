@@ -13,23 +13,26 @@ import socketio
 
 from formforge.auth import TokenCheck
 from formforge.config import HookTarget, Settings
-from formforge.events import EventBus
-from formforge.fanout import LocalFanoutManager
+from formforge.core.events import EventBus
+from formforge.core.hooks import POST_FINISH, POST_TERMINATE, PRE_CREATE
+from formforge.core.limits import Limits
+from formforge.core.locker import Locker
+from formforge.core.service import UploadService
+from formforge.core.store import Store
 from formforge.fronts.guard import GuardedApplication
 from formforge.fronts.ietf import ietf_routes
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler, SafeStaticFileHandler
+from formforge.fronts.throughput import Throughput
 from formforge.fronts.tus import TusHandler
-from formforge.hooks import POST_FINISH, POST_TERMINATE, PRE_CREATE, HookRunner, Target
-from formforge.locks import Locker, MemoryLocker
-from formforge.locks_file import FileLocker
-from formforge.locks_redis import RedisLocker
+from formforge.hooks.runner import HookRunner, Target
+from formforge.locks.file import FileLocker
+from formforge.locks.memory import MemoryLocker
 from formforge.metrics import Metrics
-from formforge.realtime import RealtimeBridge, UploadNamespace, create_socketio
-from formforge.service import Limits, UploadService
-from formforge.stores.base import Store
+from formforge.realtime.bridge import RealtimeBridge
+from formforge.realtime.fanout import LocalFanoutManager
+from formforge.realtime.namespace import UploadNamespace, create_socketio
 from formforge.stores.file import FileStore
-from formforge.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,7 @@ def _store(settings: Settings) -> Store:
     s3 = settings.storage.s3
     if settings.storage.backend == "s3" and s3 is not None:
         # Imported only here: aiobotocore adds ~8 MiB to every process that imports it.
-        from formforge.stores.s3 import S3Store
+        from formforge.stores.s3.store import S3Store
 
         return S3Store(
             s3.bucket,
@@ -173,6 +176,9 @@ async def recover_store(settings: Settings) -> None:
 def _locker(settings: Settings, role: Role) -> Locker:
     """One writer per upload: across hosts through Redis, across workers through files."""
     if settings.cluster.redis_url:
+        # Imported only here: redis is the `redis` extra, which one server does not need.
+        from formforge.locks.redis import RedisLocker
+
         return RedisLocker(settings.cluster.redis_url)
     if role.workers > 1:
         return FileLocker(Path(settings.storage.path))

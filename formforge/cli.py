@@ -19,10 +19,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from formforge.checksum import HASHERS
 from formforge.config import ConfigError, Settings, load_settings
-from formforge.event_loop import loop_factory
-from formforge.memory import tune_allocator, tune_collector
+from formforge.core.checksum import HASHERS
+from formforge.runtime.event_loop import loop_factory
+from formforge.runtime.memory import tune_allocator, tune_collector
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
 
 
 def _supervise(settings: Settings, workers: int) -> int:
-    from formforge.workers import supervise
+    from formforge.runtime.workers import supervise
 
     def run_worker(server: ServerLike) -> int:
         return _run_loop(settings, run_server(settings, lambda _: server, announce=False))
@@ -286,23 +286,30 @@ def upload_state_path(environ: Mapping[str, str]) -> Path:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    # Imported late: requests, tqdm and tuspy are not needed to serve.
-    from formforge import upload_client as client
+    # Imported late: requests, tqdm and tuspy (the `client` extra) are not needed to serve.
+    try:
+        from formforge.client import http, upload
+    except ImportError as error:
+        print(
+            f"formforge upload: {error.name} is not installed; pip install 'formforge[client]'",
+            file=sys.stderr,
+        )
+        return 2
 
-    options = client.UploadOptions(
+    options = upload.UploadOptions(
         endpoint=args.url,
         state_path=upload_state_path(os.environ),
         chunk_size=args.chunk_size,
         checksum=args.checksum,
-        retry=client.RetryPolicy(retries=args.retries),
+        retry=http.RetryPolicy(retries=args.retries),
         token=os.environ.get("FORMFORGE_TOKEN") or None,
     )
     try:
-        complete = client.upload_files(args.files, options, out=sys.stdout, err=sys.stderr)
-    except client.UsageError as error:
+        complete = upload.upload_files(args.files, options, out=sys.stdout, err=sys.stderr)
+    except http.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except client.UploadFailed as error:
+    except http.UploadFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
-from yaml.constructor import ConstructorError
-from yaml.resolver import BaseResolver
 
 from formforge.auth import read_token_file
-from formforge.event_loop import EventLoopChoice, uvloop_installed
+from formforge.config_file import UnreadableFile, read_sections
+from formforge.runtime.event_loop import EventLoopChoice, uvloop_installed
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
@@ -229,55 +227,11 @@ def _check_tokens(setting: tuple[str, ...] | str | None, source: str | None) -> 
         )
 
 
-# --- the YAML file -------------------------------------------------------------------
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if not isinstance(key, str):
-            continue  # anything else is left to SafeLoader and then to validation
-        if key in seen:
-            raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_YamlLoader.add_constructor(BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _yaml_error_message(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    if mark is None:
-        return f"invalid YAML: {problem}"
-    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping; an empty file is an empty mapping."""
-    source = str(path)
+def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read file: {error.strerror or error}", source=source) from None
-    except UnicodeDecodeError:
-        raise ConfigError("cannot read file: not UTF-8 text", source=source) from None
-    try:
-        data = yaml.load(text, Loader=_YamlLoader)  # safe: _YamlLoader is a SafeLoader
-    except yaml.YAMLError as error:
-        raise ConfigError(_yaml_error_message(error), source=source) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("the top level must be a mapping of sections", source=source)
-    # A section whose keys are all commented out reads as null: take it as "all defaults".
-    return {key: {} if value is None else value for key, value in data.items()}
+        return read_sections(path)
+    except UnreadableFile as error:
+        raise ConfigError(str(error), source=str(path)) from None
 
 
 def _choose_file(config_path: str | None, environ: Mapping[str, str]) -> Path | None:
@@ -399,7 +353,7 @@ def load_settings(
     """
     path = _choose_file(config_path, environ)
     file_source = str(path) if path else None
-    data = _read_file(path) if path else {}
+    data = _read_config_file(path) if path else {}
     origins = _apply_overrides(data, environ, overrides)
     try:
         sections = FileSettings.model_validate(data)

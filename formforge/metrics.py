@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from tornado.web import RequestHandler
 
-from formforge.events import (
+from formforge.core.events import (
     BytesWritten,
     Event,
     UploadCreated,

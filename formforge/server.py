@@ -12,9 +12,9 @@ from tornado.netutil import bind_sockets
 
 from formforge.app import FormForgeApp, Role, create_app
 from formforge.config import Settings
-from formforge.event_loop import loop_name
-from formforge.memory import release_memory_when_idle
-from formforge.realtime import quiet_client_errors
+from formforge.realtime.client_errors import quiet_client_errors
+from formforge.runtime.event_loop import loop_name
+from formforge.runtime.memory import release_memory_when_idle
 
 log = logging.getLogger(__name__)
 

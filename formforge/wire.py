@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from formforge.errors import ErrorKind
-from formforge.stores.base import UploadInfo
+from formforge.core.errors import ErrorKind
+from formforge.core.model import UploadInfo
 
 
 def percent(offset: int, size: int | None) -> float | None:
@@ -39,7 +39,7 @@ def complete_payload(info: UploadInfo, url: str) -> dict[str, Any]:
     return {
         "uploadId": info.id,
         "size": info.size,
-        "filename": filename(info),
+        "filename": info.filename,
         "metadata": dict(info.metadata),
         "sha256": info.sha256,
         "url": url,
@@ -63,7 +63,7 @@ def error_body(kind: ErrorKind, message: str, **extra: Any) -> dict[str, Any]:
 def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, Any]:
     return {
         "uploadId": info.id,
-        "filename": filename(info),
+        "filename": info.filename,
         "size": info.size,
         "offset": info.offset,
         "state": str(info.state),
@@ -72,32 +72,4 @@ def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, A
         "createdAt": iso(info.created_at),
         "expiresAt": iso(expires_at),
         "sha256": info.sha256,
-    }
-
-
-def filename(info: UploadInfo) -> str | None:
-    return info.metadata.get("filename") or info.metadata.get("name")
-
-
-def hook_upload(info: UploadInfo) -> dict[str, Any]:
-    """`upload` in a hook's JSON object (CONTRACT.md, Hooks)."""
-    payload: dict[str, Any] = {
-        "uploadId": info.id,
-        "size": info.size,
-        "offset": info.offset,
-        "filename": filename(info),
-        "metadata": dict(info.metadata),
-    }
-    if info.sha256:
-        payload["sha256"] = info.sha256
-    return payload
-
-
-def hook_new_upload(size: int | None, metadata: dict[str, str]) -> dict[str, Any]:
-    """`upload` for pre-create: the upload does not exist yet, so it has no id."""
-    return {
-        "size": size,
-        "offset": 0,
-        "filename": metadata.get("filename"),
-        "metadata": dict(metadata),
     }

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from formforge.stores.s3 import S3Store
+from formforge.stores.s3.store import S3Store
 
 START_TIMEOUT = 60.0
 HOST = "127.0.0.1"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from formforge.bandwidth import Bandwidth, Schedule
+from formforge.core.bandwidth import Bandwidth, Schedule
 
 MiB = 1 << 20
 TUS = {"Tus-Resumable": "1.0.0"}

@@ -24,7 +24,7 @@ import pytest
 import requests
 from tinydb import TinyDB
 
-from formforge.upload_client import FileFingerprint
+from formforge.client.upload import FileFingerprint
 
 pytestmark = pytest.mark.slow
 

@@ -58,7 +58,7 @@ import socketio
 from redis.asyncio import Redis
 from tusclient.client import TusClient
 
-from formforge.locks_redis import KEY_PREFIX
+from formforge.locks.redis import KEY_PREFIX
 from tests.conftest import JS_DIR, ServerProcess
 from tests.redis_server import free_port, redis_url_fixture  # noqa: F401
 from tests.seaweed import Seaweed, create_bucket, seaweed_fixture  # noqa: F401

@@ -34,8 +34,8 @@ import socketio
 import yaml
 from jsonschema import Draft202012Validator
 
-from formforge.errors import ErrorKind
-from formforge.stores.base import UploadState
+from formforge.core.errors import ErrorKind
+from formforge.core.model import UploadState
 from tests.conftest import ServerProcess, running_server
 from tests.schemas import ASYNCAPI_PATH, OPENAPI_PATH, validate_event, validate_rest
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from formforge.body import BodyEnd, BodyStream
-from formforge.errors import ErrorKind, UploadError
-from formforge.locks import MemoryLocker
+from formforge.core.body import BodyEnd, BodyStream
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.locks.memory import MemoryLocker
 
 UPLOAD = "u" * 22
 

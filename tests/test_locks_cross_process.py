@@ -31,11 +31,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from formforge.body import BodyEnd, BodyStream
-from formforge.errors import ErrorKind, UploadError
-from formforge.locks import Lock, Locker
-from formforge.locks_file import FileLocker
-from formforge.locks_redis import KEY_PREFIX, RedisLocker
+from formforge.core.body import BodyEnd, BodyStream
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.locker import Lock, Locker
+from formforge.locks.file import FileLocker
+from formforge.locks.redis import KEY_PREFIX, RedisLocker
 from tests.redis_server import redis_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ LINE_TIMEOUT = 10.0  # for a holder process to say something (it imports, connec
 HOLDER = r"""
 import asyncio, json, sys
 from pathlib import Path
-from formforge.body import BodyStream
+from formforge.core.body import BodyStream
 
 async def feed(body):
     while body.end is None:
@@ -63,10 +63,10 @@ async def feed(body):
 
 async def main(config):
     if config["kind"] == "redis":
-        from formforge.locks_redis import RedisLocker
+        from formforge.locks.redis import RedisLocker
         locker = RedisLocker(config["target"], lease_seconds=config["lease"])
     else:
-        from formforge.locks_file import FileLocker
+        from formforge.locks.file import FileLocker
         locker = FileLocker(Path(config["target"]))
     if config["mode"] == "stubborn":
         await locker.acquire(config["upload"], lambda force: True)

@@ -9,12 +9,12 @@ import textwrap
 
 import pytest
 
-from formforge import memory
+from formforge.runtime import memory
 
 PROBE = textwrap.dedent(
     """
     import ctypes, sys
-    from formforge.memory import tune_allocator
+    from formforge.runtime.memory import tune_allocator
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -47,7 +47,7 @@ def test_a_chunk_sized_buffer_comes_from_the_heap_once_tuned() -> None:
 
 def test_the_collector_leaves_start_up_objects_alone_and_runs_less_often() -> None:
     probe = (
-        "import gc; from formforge.memory import tune_collector; tune_collector(); "
+        "import gc; from formforge.runtime.memory import tune_collector; tune_collector(); "
         "print(gc.get_freeze_count() > 1000, gc.get_threshold()[0])"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -68,7 +68,7 @@ def test_a_local_disk_server_does_not_load_the_s3_client() -> None:
 RELEASE_PROBE = textwrap.dedent(
     """
     from pathlib import Path
-    from formforge.memory import release_free_memory, tune_allocator
+    from formforge.runtime.memory import release_free_memory, tune_allocator
 
     def rss_mib():
         for line in Path("/proc/self/status").read_text().splitlines():

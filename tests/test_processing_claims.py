@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from formforge.events import Event, EventBus, UploadFinished
-from formforge.hooks import HookRunner
-from formforge.ids import is_valid_upload_id, new_upload_id
-from formforge.locks import Locker, MemoryLocker
-from formforge.processing import Processor, claim_name
-from formforge.stores.base import NewUpload, UploadState
+from formforge.core.events import Event, EventBus, UploadFinished
+from formforge.core.ids import is_valid_upload_id, new_upload_id
+from formforge.core.locker import Locker
+from formforge.core.model import NewUpload, UploadState
+from formforge.core.processing import Processor, claim_name
+from formforge.hooks.runner import HookRunner
+from formforge.locks.memory import MemoryLocker
 from formforge.stores.file import FileStore
 
 BODY = b"processed once" * 1000

@@ -49,9 +49,9 @@ import pytest
 import requests
 import socketio
 
-from formforge.errors import UploadError
-from formforge.metadata import parse_metadata
-from formforge.realtime import raised_for_a_client
+from formforge.core.errors import UploadError
+from formforge.core.metadata import parse_metadata
+from formforge.realtime.client_errors import raised_for_a_client
 from tests.async_helpers import off_loop
 from tests.async_helpers import run as run_bounded
 

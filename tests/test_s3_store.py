@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from formforge.ids import new_upload_id
-from formforge.stores.base import ConcatRole, NewUpload, UploadInfo
-from formforge.stores.s3 import MAX_PARTS, MIN_PART, S3Store
+from formforge.core.ids import new_upload_id
+from formforge.core.model import ConcatRole, NewUpload, UploadInfo
+from formforge.stores.s3.store import MAX_PARTS, MIN_PART, S3Store
 from tests.seaweed import s3_store_fixture, s3_stores_fixture, seaweed_fixture  # noqa: F401
 
 MIB = 1024 * 1024

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.ids import new_upload_id
-from formforge.stores.base import ConcatRole, Digester, NewUpload, Store, UploadState
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.ids import new_upload_id
+from formforge.core.model import ConcatRole, NewUpload, UploadState
+from formforge.core.store import Digester, Store
 from formforge.stores.file import FileStore
 from tests.seaweed import s3_store_fixture, s3_stores_fixture, seaweed_fixture  # noqa: F401
 

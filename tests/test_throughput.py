@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from formforge.throughput import (
+from formforge.fronts.throughput import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     MAX_CLIENTS,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tornado.web import Application
 
-from formforge.errors import UploadError
+from formforge.core.errors import UploadError
 from tests.tus_helpers import (
     OFFSET_TYPE,
     Tus,

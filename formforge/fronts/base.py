@@ -9,10 +9,10 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.hooks import RequestInfo
-from formforge.service import UploadService
-from formforge.throughput import Throughput
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.hooks import RequestInfo
+from formforge.core.service import UploadService
+from formforge.fronts.throughput import Throughput
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.stores.base import UploadInfo
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.model import UploadInfo
 
 # Types a browser may show inline without running anything of the uploader's.
 INLINE_SAFE_TYPES = frozenset(

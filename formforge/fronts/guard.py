@@ -9,7 +9,7 @@ from tornado.routing import Rule
 from tornado.web import Application, RequestHandler, _HandlerDelegate, stream_request_body
 
 from formforge.auth import TokenCheck
-from formforge.errors import ErrorKind
+from formforge.core.errors import ErrorKind
 from formforge.wire import error_body
 
 

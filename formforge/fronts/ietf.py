@@ -67,8 +67,11 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.routing import PathMatches, Rule
 from tornado.web import stream_request_body
 
-from formforge.body import BodyStream
-from formforge.errors import ErrorKind, UploadError
+from formforge.core.body import BodyStream
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.metadata import parse_metadata
+from formforge.core.model import UploadInfo
+from formforge.core.write_request import WriteRequest
 from formforge.fronts.ietf_interop import (
     COMPLETED_UPLOAD,
     INCONSISTENT_LENGTH,
@@ -82,9 +85,6 @@ from formforge.fronts.ietf_interop import (
     variant_for,
 )
 from formforge.fronts.streaming import StreamingWriteHandler
-from formforge.metadata import parse_metadata
-from formforge.service import WriteRequest
-from formforge.stores.base import UploadInfo
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import re
 from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
-from formforge.errors import ErrorKind, UploadError
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.model import UploadInfo
+from formforge.core.write_request import WriteRequest
 from formforge.fronts.base import FrontHandler
 from formforge.fronts.streaming import StreamingWriteHandler
-from formforge.service import WriteRequest
-from formforge.stores.base import UploadInfo
 from formforge.wire import error_body, iso, status_payload
 
 MAX_JSON_BYTES = 64 * 1024  # a creation document; metadata has its own, smaller limit

@@ -7,10 +7,10 @@ from typing import Any
 
 from tornado.http1connection import HTTP1Connection
 
-from formforge.body import BodyEnd, BodyStream
+from formforge.core.body import BodyEnd, BodyStream
+from formforge.core.model import UploadInfo
+from formforge.core.write_request import WriteRequest
 from formforge.fronts.base import FrontHandler
-from formforge.service import WriteRequest
-from formforge.stores.base import UploadInfo
 
 
 class StreamingWriteHandler(FrontHandler):

@@ -12,14 +12,14 @@ from urllib.parse import urlparse
 
 from tornado.web import stream_request_body
 
-from formforge.checksum import Checksum, parse_upload_checksum
-from formforge.errors import ErrorKind, UploadError
+from formforge.core.checksum import Checksum, parse_upload_checksum
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.ids import is_valid_upload_id
+from formforge.core.metadata import encode_metadata, parse_metadata
+from formforge.core.model import ConcatRole, UploadInfo
+from formforge.core.write_request import WriteRequest
 from formforge.fronts.download import content_disposition, content_type, parse_range
 from formforge.fronts.streaming import StreamingWriteHandler
-from formforge.ids import is_valid_upload_id
-from formforge.metadata import encode_metadata, parse_metadata
-from formforge.service import WriteRequest
-from formforge.stores.base import ConcatRole, UploadInfo
 
 TUS_VERSION = "1.0.0"
 OFFSET_TYPE = "application/offset+octet-stream"

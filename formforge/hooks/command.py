@@ -11,7 +11,7 @@ import json
 import shlex
 from typing import Any
 
-from formforge.hooks.failure import HookFailed
+from formforge.core.hooks import HookFailed
 
 MAX_OUTPUT_BYTES = 1024 * 1024
 

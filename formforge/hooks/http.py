@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from formforge.hooks.failure import HookFailed
+from formforge.core.hooks import HookFailed
 
 ATTEMPTS = 3
 BACKOFF_SECONDS = (0.2, 0.8)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
-from formforge.hooks.failure import HookFailed
+from formforge.core.hooks import HookFailed
 
 POOL_THREADS = 64  # hung hooks hold a thread each until they return; keep room for live ones
 

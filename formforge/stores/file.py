@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 import aiofiles
 import aiofiles.os
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.ids import is_valid_upload_id
-from formforge.stores.base import NewUpload, Store, UploadInfo, UploadState
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.ids import is_valid_upload_id
+from formforge.core.model import NewUpload, UploadInfo, UploadState
+from formforge.core.store import Store
 from formforge.stores.records import (
     Record,
     apply_changes,

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.stores.base import GONE_STATES, ConcatRole, NewUpload, UploadInfo, UploadState
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.model import GONE_STATES, ConcatRole, NewUpload, UploadInfo, UploadState
 
 Record = dict[str, Any]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 
-from formforge.libc import libc_function
+from formforge.runtime.libc import libc_function
 
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: initiate write-out of dirty pages, do not wait
 _SYNC_FILE_RANGE = libc_function(

@@ -36,8 +36,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.locks import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.locker import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
 
 log = logging.getLogger(__name__)
 

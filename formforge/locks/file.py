@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formforge.ids import is_valid_upload_id
-from formforge.locks import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
+from formforge.core.ids import is_valid_upload_id
+from formforge.core.locker import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from formforge.stores.records import Record
-from formforge.stores.s3_bucket import READ_CHUNK, Head, PartBody
+from formforge.stores.s3.bucket import READ_CHUNK, Head, PartBody
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import binascii
 import re
 from collections.abc import Mapping
 
-from formforge.errors import ErrorKind, UploadError
+from formforge.core.errors import ErrorKind, UploadError
 
 # tus: keys MUST NOT contain spaces and commas and MUST NOT be empty; we also refuse
 # control characters so keys are safe to log and to echo in headers.

@@ -20,12 +20,12 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.events import EventBus, UploadFailed, UploadFinished
-from formforge.hooks import POST_FINISH, HookFailed, HookRunner
-from formforge.locks import Lock, Locker
-from formforge.stores.base import ConcatRole, Digester, Reader, Store, UploadInfo, UploadState
-from formforge.wire import hook_upload
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.events import EventBus, UploadFailed, UploadFinished
+from formforge.core.hooks import POST_FINISH, HookFailed, Hooks
+from formforge.core.locker import Lock, Locker
+from formforge.core.model import ConcatRole, UploadInfo, UploadState
+from formforge.core.store import Digester, Reader, Store
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ HASHING_AT_ONCE = 2
 
 
 class Processor:
-    def __init__(self, store: Store, bus: EventBus, hooks: HookRunner, locker: Locker) -> None:
+    def __init__(self, store: Store, bus: EventBus, hooks: Hooks, locker: Locker) -> None:
         self.store = store
         self.bus = bus
         self.hooks = hooks
@@ -126,7 +126,7 @@ class Processor:
         try:
             sha256 = await self._sha256(info)
             info = await self.store.update(info.id, sha256=sha256)
-            await self.hooks.run_all(POST_FINISH, hook_upload(info))
+            await self.hooks.run_all(POST_FINISH, info)
             if (await self.store.get_info(info.id)).is_gone:
                 return  # terminated while it was being processed
             done = await self.store.update(info.id, state=UploadState.COMPLETE)

@@ -11,78 +11,48 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from formforge.bandwidth import Bandwidth
-from formforge.body import BodyEnd, BodyStream
-from formforge.checksum import Checksum
-from formforge.errors import ErrorKind, UploadError
-from formforge.events import (
+from formforge.core.bandwidth import Bandwidth
+from formforge.core.body import BodyEnd, BodyStream
+from formforge.core.checksum import Checksum
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.events import (
     BytesWritten,
     EventBus,
     ProgressThrottle,
     UploadCreated,
-    UploadExpired,
     UploadFailed,
     UploadProgress,
     UploadTerminated,
 )
-from formforge.hooks import (
+from formforge.core.hooks import (
     POST_TERMINATE,
     PRE_CREATE,
     HookFailed,
-    HookRunner,
+    Hooks,
+    NoHooks,
     RequestInfo,
 )
-from formforge.ids import is_valid_upload_id, new_upload_id
-from formforge.locks import Lock, Locker
-from formforge.metadata import check_key, encode_metadata
-from formforge.processing import Processor
-from formforge.stores.base import (
-    Concatenator,
-    ConcatRole,
-    NewUpload,
-    Reader,
-    Store,
-    Terminator,
-    UploadInfo,
-    UploadState,
+from formforge.core.ids import is_valid_upload_id, new_upload_id
+from formforge.core.limits import Limits
+from formforge.core.locker import Lock, Locker, refuse
+from formforge.core.model import ConcatRole, NewUpload, UploadInfo, UploadState
+from formforge.core.processing import Processor
+from formforge.core.store import Concatenator, Reader, Store, Terminator
+from formforge.core.sweeper import Sweeper
+from formforge.core.write_request import (
+    WriteRequest,
+    inconsistent_length,
+    valid_intended_length,
+    valid_length,
 )
-from formforge.wire import hook_new_upload, hook_upload
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 2  # what a client beyond max_concurrent_uploads is told to wait
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_size: int
-    max_metadata_bytes: int
-    unfinished_ttl_seconds: float
-    checksum_algorithms: tuple[str, ...]
-    progress_interval_seconds: float
-    bandwidth_per_upload: int | None = None
-    bandwidth_total: int | None = None
-    max_concurrent_uploads: int | None = None
-
-
-@dataclass(frozen=True)
-class WriteRequest:
-    """One chunk request, parsed and validated for form by a front."""
-
-    upload_id: str
-    offset: int
-    length: int | None = None  # declares a deferred length
-    content_length: int | None = None  # None: not known in advance (chunked)
-    checksum: Checksum | None = None
-    intended_length: int | None = None  # declares `UploadInfo.intended_length`
-    # Stop a request still writing to the upload even while it receives bytes (a protocol
-    # whose clients send anew only after giving up on the earlier request); without it, only
-    # a stalled one is stopped and an active one means 423.
-    take_over: bool = False
 
 
 class UploadService:
@@ -92,13 +62,13 @@ class UploadService:
         locker: Locker,
         bus: EventBus,
         limits: Limits,
-        hooks: HookRunner | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.locker = locker
         self.bus = bus
         self.limits = limits
-        self.hooks = hooks or HookRunner({}, 1.0)
+        self.hooks: Hooks = hooks or NoHooks()
         self.processor = Processor(store, bus, self.hooks, locker)
         self.bandwidth = Bandwidth(limits.bandwidth_per_upload, limits.bandwidth_total)
         self._writes: set[asyncio.Task[UploadInfo]] = set()
@@ -158,7 +128,7 @@ class UploadService:
         it receives bytes, and what it received is stored before this returns. Raises
         `UploadError(UPLOAD_LOCKED)` if it does not let go within the locker's wait."""
         await self.get(upload_id)  # an upload that exists and is not gone: only then lock it
-        lock = await self.locker.acquire(upload_id, _refuse, force=True)
+        lock = await self.locker.acquire(upload_id, refuse, force=True)
         await lock.release()
         return await self.get(upload_id)
 
@@ -184,8 +154,8 @@ class UploadService:
         intended_length: int | None = None,
     ) -> UploadInfo:
         self._check_accepting()
-        self._check_size(size)
-        self._check_size(intended_length)
+        self.limits.check_size(size)
+        self.limits.check_size(intended_length)
         metadata = await self._checked_metadata(size, metadata, request)
         new = NewUpload(new_upload_id(), size, metadata, concat, intended_length=intended_length)
         info = await self.store.create(new)
@@ -202,7 +172,7 @@ class UploadService:
             raise UploadError(ErrorKind.BAD_REQUEST, "a final upload needs partial uploads")
         parts = [await self._complete_partial(part_id) for part_id in part_ids]
         size = sum(part.offset for part in parts)
-        self._check_size(size)
+        self.limits.check_size(size)
         metadata = await self._checked_metadata(size, metadata, request)
         new = NewUpload(new_upload_id(), size, metadata, ConcatRole.FINAL, tuple(part_ids))
         assert isinstance(self.store, Concatenator)
@@ -214,11 +184,11 @@ class UploadService:
         self, size: int | None, metadata: dict[str, str], request: RequestInfo | None
     ) -> dict[str, str]:
         """Valid metadata, as the pre-create hooks (which may reject) leave it."""
-        self._check_metadata(metadata)
+        self.limits.check_metadata(metadata)
         if not self.hooks.has(PRE_CREATE):
             return metadata
-        metadata = await self.hooks.pre_create(hook_new_upload(size, metadata), request)
-        self._check_metadata(metadata)
+        metadata = await self.hooks.pre_create(size, metadata, request)
+        self.limits.check_metadata(metadata)
         return metadata
 
     async def _complete_partial(self, part_id: str) -> UploadInfo:
@@ -280,45 +250,19 @@ class UploadService:
                 f"offset {request.offset} is not the upload's offset {info.offset}",
                 offset=info.offset,
             )
-        size = info.size if request.length is None else self._valid_length(info, request.length)
-        intended = self._valid_intended_length(info, request.intended_length)
+        size = (
+            info.size if request.length is None else valid_length(info, request.length, self.limits)
+        )
+        intended = valid_intended_length(info, request.intended_length, self.limits)
         end = info.offset + (request.content_length or 0)
         if size is not None and end > size:
             raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past the upload's length")
         if intended is not None and end > intended:
-            raise _inconsistent_length(f"the request goes past the length {intended}", intended)
+            raise inconsistent_length(f"the request goes past the length {intended}", intended)
         # Declared only once the request is known to be acceptable.
         if size != info.size or intended != info.intended_length:
             info = await self.store.update(info.id, size=size, intended_length=intended)
         return info
-
-    def _valid_length(self, info: UploadInfo, length: int) -> int:
-        """A length a request declares: once only, within limits, not below the offset, and
-        the intended length if one was said."""
-        if info.size is not None:
-            if length != info.size:
-                raise UploadError(ErrorKind.BAD_REQUEST, "the upload's length cannot be changed")
-            return length
-        if info.intended_length not in (None, length):
-            raise _inconsistent_length(
-                f"the upload is {info.intended_length} bytes, not {length}", info.intended_length
-            )
-        self._check_size(length)
-        if length < info.offset:
-            raise UploadError(ErrorKind.BAD_REQUEST, "the declared length is below the offset")
-        return length
-
-    def _valid_intended_length(self, info: UploadInfo, length: int | None) -> int | None:
-        """The upload's intended length after a request that may say one: said once, every
-        later request that says one must say the same."""
-        if length is None or length == info.intended_length:
-            return info.intended_length
-        if info.intended_length is not None:
-            raise _inconsistent_length(
-                f"the upload is {info.intended_length} bytes, not {length}", info.intended_length
-            )
-        self._check_size(length)
-        return length
 
     async def _write(
         self, info: UploadInfo, request: WriteRequest, body: BodyStream, lock: Lock
@@ -326,7 +270,7 @@ class UploadService:
         try:
             return await self._write_locked(info, request.checksum, body)
         except UploadError as error:
-            self._publish_failure(
+            self.publish_failure(
                 info.id, error.kind, error.message, error.details.get("offset", info.offset)
             )
             raise
@@ -388,14 +332,14 @@ class UploadService:
         if not self.can_terminate:
             raise UploadError(ErrorKind.BAD_REQUEST, "this store cannot terminate uploads")
         info = await self.get(upload_id)
-        lock = await self.locker.acquire(upload_id, _refuse, force=True)
+        lock = await self.locker.acquire(upload_id, refuse, force=True)
         try:
             assert isinstance(self.store, Terminator)
             await self.store.terminate(upload_id, UploadState.TERMINATED)
         finally:
             await lock.release()
         self.bus.publish(UploadTerminated(upload_id))
-        self._publish_failure(upload_id, ErrorKind.TERMINATED, "the upload was terminated", 0)
+        self.publish_failure(upload_id, ErrorKind.TERMINATED, "the upload was terminated", 0)
         log.info("terminated upload_id=%s", upload_id)
         if self.hooks.has(POST_TERMINATE):
             self.processor.spawn(self._after_termination(info, request))
@@ -403,39 +347,11 @@ class UploadService:
     async def _after_termination(self, info: UploadInfo, request: RequestInfo | None) -> None:
         # A failure is logged by the runner; the upload is gone whatever the hook says.
         with contextlib.suppress(HookFailed):
-            await self.hooks.run_all(POST_TERMINATE, hook_upload(info), request)
+            await self.hooks.run_all(POST_TERMINATE, info, request)
 
     async def sweep(self) -> int:
         """Expire idle unfinished uploads and forget old tombstones; returns how many."""
-        if not isinstance(self.store, Terminator):
-            return 0
-        removed = 0
-        async for upload_id in self.store.list_ids():
-            try:
-                removed += await self._sweep_one(self.store, upload_id)
-            except UploadError:
-                continue  # locked by a live writer, gone meanwhile, or the disk is full
-            except OSError as error:  # one broken upload must not stop the whole sweep
-                log.warning("sweep skipped upload_id=%s error=%s", upload_id, error)
-        return removed
-
-    async def _sweep_one(self, store: Terminator, upload_id: str) -> int:
-        info = await self.store.get_info(upload_id)
-        ttl = timedelta(seconds=self.limits.unfinished_ttl_seconds)
-        if info.is_gone and info.updated_at + ttl <= datetime.now(UTC):
-            await store.forget(upload_id)
-            return 1
-        if not self.is_expired(info):
-            return 0
-        lock = await self.locker.acquire(upload_id, _refuse)
-        try:
-            await store.terminate(upload_id, UploadState.EXPIRED)
-        finally:
-            await lock.release()
-        self.bus.publish(UploadExpired(upload_id))
-        self._publish_failure(upload_id, ErrorKind.EXPIRED, "the upload expired", info.offset)
-        log.info("expired upload_id=%s offset=%d", upload_id, info.offset)
-        return 1
+        return await Sweeper(self).sweep()
 
     # -- shutting down ---------------------------------------------------------------------
 
@@ -463,36 +379,11 @@ class UploadService:
                 retry_after=RETRY_AFTER_SECONDS,
             )
 
-    def _check_size(self, size: int | None) -> None:
-        if size is not None and size > self.limits.max_size:
-            raise UploadError(
-                ErrorKind.SIZE_EXCEEDED, f"the upload is larger than {self.limits.max_size} bytes"
-            )
-
-    def _check_metadata(self, metadata: dict[str, str]) -> None:
-        for key in metadata:
-            check_key(key)
-        if len(encode_metadata(metadata).encode()) > self.limits.max_metadata_bytes:
-            raise UploadError(
-                ErrorKind.INVALID_METADATA,
-                f"metadata is longer than {self.limits.max_metadata_bytes} bytes",
-            )
-
     def _publish_progress(
         self, upload_id: str, offset: int, size: int | None, count: int, start: float
     ) -> None:
         elapsed = max(time.monotonic() - start, 1e-6)
         self.bus.publish(UploadProgress(upload_id, offset, size, count / elapsed))
 
-    def _publish_failure(self, upload_id: str, kind: ErrorKind, message: str, offset: int) -> None:
+    def publish_failure(self, upload_id: str, kind: ErrorKind, message: str, offset: int) -> None:
         self.bus.publish(UploadFailed(upload_id, kind, message, offset))
-
-
-def _inconsistent_length(message: str, intended_length: int) -> UploadError:
-    """A request at odds with the length the client said before (a client bug: final)."""
-    return UploadError(ErrorKind.BAD_REQUEST, message, intended_length=intended_length)
-
-
-def _refuse(force: bool) -> bool:
-    """The release request of a holder that never gives its lock away (it is quick anyway)."""
-    return False

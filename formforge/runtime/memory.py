@@ -29,7 +29,7 @@ import gc
 import logging
 from collections.abc import Callable
 
-from formforge.libc import libc_function
+from formforge.runtime.libc import libc_function
 
 log = logging.getLogger(__name__)
 

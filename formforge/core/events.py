@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from formforge.errors import ErrorKind
-from formforge.stores.base import UploadInfo
+from formforge.core.errors import ErrorKind
+from formforge.core.model import UploadInfo
 
 log = logging.getLogger(__name__)
 

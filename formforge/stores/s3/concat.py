@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.stores.s3_bucket import MAX_PARTS, MIB, MIN_PART, READ_CHUNK, PartBody, S3Bucket
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.stores.s3.bucket import MAX_PARTS, MIB, MIN_PART, READ_CHUNK, PartBody, S3Bucket
 
 COPY_RANGE = 1024 * MIB  # the largest range one UploadPartCopy moves
 

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable
 from typing import Protocol
 
-from formforge.errors import ErrorKind, UploadError
+from formforge.core.errors import ErrorKind, UploadError
 
 
 class _Hasher(Protocol):

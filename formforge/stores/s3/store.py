@@ -36,9 +36,10 @@ from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from formforge.errors import ErrorKind, UploadError
-from formforge.ids import is_valid_upload_id
-from formforge.stores.base import GONE_STATES, NewUpload, Store, UploadInfo, UploadState
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.ids import is_valid_upload_id
+from formforge.core.model import GONE_STATES, NewUpload, UploadInfo, UploadState
+from formforge.core.store import Store
 from formforge.stores.records import (
     Record,
     apply_changes,
@@ -48,7 +49,7 @@ from formforge.stores.records import (
     load_record,
     new_record,
 )
-from formforge.stores.s3_bucket import (
+from formforge.stores.s3.bucket import (
     MAX_PART,
     MAX_PARTS,
     MIB,
@@ -58,8 +59,8 @@ from formforge.stores.s3_bucket import (
     is_missing,
     utc,
 )
-from formforge.stores.s3_concat import Concatenation
-from formforge.stores.s3_writer import EPOCH, Layout, Part, PartWriter
+from formforge.stores.s3.concat import Concatenation
+from formforge.stores.s3.writer import EPOCH, Layout, Part, PartWriter
 
 __all__ = ["MAX_PARTS", "MIN_PART", "S3Store"]
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from formforge.bandwidth import Pace
+from formforge.core.bandwidth import Pace
 
 STALLED_AFTER_SECONDS = 1.0  # a holder this quiet lets a newer request take over
 

@@ -1,0 +1,1 @@
+"""`formforge upload`: the command-line tus client (installed with the `client` extra)."""

@@ -1,0 +1,64 @@
+"""The hook points the core calls: before an upload is created, after it is finished,
+after it is removed. The runner that calls HTTP, command and Python targets lives in
+`formforge.hooks`; the core only knows this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from formforge.core.model import UploadInfo
+
+PRE_CREATE, POST_FINISH, POST_TERMINATE = "pre-create", "post-finish", "post-terminate"
+
+
+class HookFailed(Exception):
+    """A hook target failed or timed out; what it means depends on the point."""
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """The client request that caused a hook, as hooks see it."""
+
+    headers: Mapping[str, str]
+    remote_addr: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"headers": dict(self.headers), "remoteAddr": self.remote_addr}
+
+
+class Hooks(Protocol):
+    def has(self, point: str) -> bool:
+        """Whether any target is configured for `point`."""
+
+    async def pre_create(
+        self, size: int | None, metadata: dict[str, str], request: RequestInfo | None
+    ) -> dict[str, str]:
+        """The metadata to store, after every target accepted (or replaced) it.
+
+        Raises `UploadError` when a target rejects (its status) or fails (503)."""
+
+    async def run_all(
+        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+    ) -> None:
+        """post-finish and post-terminate: every target in order; the first failure raises
+        `HookFailed`."""
+
+
+class NoHooks:
+    """No targets anywhere: what a service without configured hooks calls."""
+
+    def has(self, point: str) -> bool:
+        return False
+
+    async def pre_create(
+        self, size: int | None, metadata: dict[str, str], request: RequestInfo | None
+    ) -> dict[str, str]:
+        return metadata
+
+    async def run_all(
+        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+    ) -> None:
+        return None

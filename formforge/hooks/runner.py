@@ -1,0 +1,126 @@
+"""Hooks: decide before an upload is created, process after it is finished, learn of a removal.
+
+The runner calls each configured target in order through its transport (HTTP, command,
+Python callable) with the JSON object of CONTRACT.md, and gives back what the target answered.
+It knows nothing of uploads' storage or of HTTP fronts: the service calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.hooks import PRE_CREATE, HookFailed, RequestInfo
+from formforge.core.model import UploadInfo
+from formforge.hooks.command import call_command
+from formforge.hooks.http import call_http
+from formforge.hooks.payloads import hook_new_upload, hook_upload
+from formforge.hooks.python import PythonCaller
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    transport: str  # "http" | "command" | "python"
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.address}"
+
+
+# (address, the JSON object, time-out) -> the target's answer.
+Transport = Callable[[str, dict[str, Any], float], Awaitable[Any]]
+# (point, transport, seconds, ok) -> None: what metrics hear of every call.
+Observer = Callable[[str, str, float, bool], None]
+
+
+class HookRunner:
+    def __init__(
+        self,
+        targets: Mapping[str, Sequence[Target]],
+        timeout_seconds: float,
+        observe: Observer | None = None,
+    ) -> None:
+        self.targets = targets
+        self.timeout = timeout_seconds
+        self.observe = observe or (lambda *_: None)
+        self.transports: dict[str, Transport] = {
+            "http": call_http,
+            "command": call_command,
+            "python": PythonCaller(),
+        }
+
+    def has(self, point: str) -> bool:
+        return bool(self.targets.get(point))
+
+    async def pre_create(
+        self, size: int | None, metadata: dict[str, str], request: RequestInfo | None
+    ) -> dict[str, str]:
+        """Each target may reject (its 4xx and message reach the client) or replace the
+        metadata, which the next target then sees. A failing target rejects with 503."""
+        upload = hook_new_upload(size, metadata)
+        metadata = dict(metadata)
+        for target in self.targets.get(PRE_CREATE, ()):
+            try:
+                answer = await self._call(
+                    PRE_CREATE, target, {**upload, "metadata": metadata}, request
+                )
+            except HookFailed as error:
+                raise UploadError(
+                    ErrorKind.HOOK_FAILED, "the upload could not be checked; try again later"
+                ) from error
+            metadata = _apply_pre_create_answer(answer, metadata)
+        return metadata
+
+    async def run_all(
+        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+    ) -> None:
+        """post-finish and post-terminate: every target in order; the first failure raises."""
+        upload = hook_upload(info)
+        for target in self.targets.get(point, ()):
+            await self._call(point, target, upload, request)
+
+    async def _call(
+        self, point: str, target: Target, upload: dict[str, Any], request: RequestInfo | None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"type": point, "upload": upload}
+        if request is not None:
+            payload["request"] = request.as_json()
+        started = time.monotonic()
+        ok = False
+        try:
+            answer = await self.transports[target.transport](target.address, payload, self.timeout)
+            if not isinstance(answer, dict):
+                raise HookFailed(f"{target} answered {type(answer).__name__}, not an object")
+            ok = True
+            return answer
+        except HookFailed as error:
+            log.warning("hook failed point=%s target=%s error=%s", point, target, error)
+            raise
+        finally:
+            self.observe(point, target.transport, time.monotonic() - started, ok)
+
+
+def _apply_pre_create_answer(answer: dict[str, Any], metadata: dict[str, str]) -> dict[str, str]:
+    reject = answer.get("reject")
+    if reject is not None:
+        status = reject.get("status") if isinstance(reject, dict) else None
+        message = reject.get("message") if isinstance(reject, dict) else None
+        if not isinstance(status, int) or not 400 <= status <= 499:
+            status = 403
+        raise UploadError(
+            ErrorKind.REJECTED, str(message or "the upload was rejected"), status=status
+        )
+    replaced = answer.get("metadata")
+    if replaced is None:
+        return metadata
+    if not isinstance(replaced, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in replaced.items()
+    ):
+        raise UploadError(ErrorKind.HOOK_FAILED, "a pre-create hook answered bad metadata")
+    return dict(replaced)

@@ -1,0 +1,2 @@
+"""Lockers: one writer per upload, in one process (memory), across the processes of one
+host (file) or across hosts (redis). Each implements `formforge.core.locker.Locker`."""

@@ -1,0 +1,1 @@
+"""Socket.IO rooms per upload, fed by the event bus (namespace, bridge, fan-out)."""

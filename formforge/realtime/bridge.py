@@ -1,0 +1,44 @@
+"""The bus subscriber that turns upload events into `uploadProgress`, `uploadComplete` and
+`uploadError` for the room `upload:<id>`, and only there."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+
+from formforge.core.events import Event, UploadFailed, UploadFinished, UploadProgress
+from formforge.realtime.namespace import room_of
+from formforge.wire import complete_payload, error_payload, progress_payload
+
+
+class RealtimeBridge:
+    """A bus subscriber: each upload event goes to its room, and only there."""
+
+    def __init__(self, sio: socketio.AsyncServer, download_url: Callable[[str], str]) -> None:
+        self.sio = sio
+        self.download_url = download_url
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def on_event(self, event: Event) -> None:
+        match event:
+            case UploadProgress(upload_id, offset, size, speed):
+                self._emit(
+                    "uploadProgress", upload_id, progress_payload(upload_id, offset, size, speed)
+                )
+            case UploadFinished(info):
+                self._emit(
+                    "uploadComplete", info.id, complete_payload(info, self.download_url(info.id))
+                )
+            case UploadFailed(upload_id, kind, message, offset):
+                self._emit(
+                    "uploadError", upload_id, error_payload(upload_id, kind, message, offset)
+                )
+
+    def _emit(self, name: str, upload_id: str, payload: dict[str, Any]) -> None:
+        # Emits run as tasks in publish order, so a room sees events in the order they happened.
+        task = asyncio.create_task(self.sio.emit(name, payload, room=room_of(upload_id)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)

@@ -1,0 +1,1 @@
+"""Process tuning and process management: the event loop, malloc and gc, worker processes."""
