@@ -1,15 +1,19 @@
-"""create_app(settings): the one route table, and the wiring of every collaborator."""
+"""`FormForge`: the one route table and the wiring of every collaborator, for `formforge
+serve` and for any Tornado application that mounts FormForge under a prefix."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import socketio
+from tornado.routing import PathMatches, Rule
+from tornado.web import RedirectHandler
 
 from formforge.auth import TokenCheck
 from formforge.config import HookTarget, Settings
@@ -36,6 +40,13 @@ from formforge.stores.file import FileStore
 
 log = logging.getLogger(__name__)
 
+# Tornado hands the body over in pieces of this size: ~1 MiB measured fastest here
+# (64 KiB cost 3x the CPU), and it bounds the memory one upload holds.
+CHUNK_SIZE = 1024 * 1024
+# Room for headers: Upload-Metadata up to its configured limit is answered 400 by the tus
+# front instead of Tornado dropping the connection.
+MIN_HEADER_BYTES = 256 * 1024
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ID_PATTERN = r"(?P<upload_id>.+?)"  # invalid ids get a tus-style 404 from the handler
 
@@ -51,19 +62,84 @@ class Role:
     recover_store: bool = True
 
 
-@dataclass
-class FormForgeApp:
-    """The Tornado application and what runs beside it."""
+class FormForge:
+    """FormForge in a Tornado application: its routes under `prefix`, the upload service, and
+    the background work beside them (store recovery, the sweeper, resumed processing).
 
-    settings: Settings
-    application: GuardedApplication
-    service: UploadService
-    metrics: Metrics
-    sio: socketio.AsyncServer
-    role: Role
-    _sweeper: asyncio.Task[None] | None = field(default=None)
+    `application` is a Tornado `Application` holding every route under the prefix (tus and the
+    IETF draft at `{prefix}/files/`, REST at `{prefix}/api/files/upload`, Socket.IO at
+    `{prefix}/socket.io/`, the page at `{prefix}/`, `{prefix}/healthz`, `{prefix}/metrics`).
+    A host application mounts it with `rule()`; `formforge serve` serves it directly. Call
+    `start()` once the IOLoop runs and before the first request, `stop()` on the way out.
+    """
 
-    async def start(self) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        prefix: str = "",
+        socketio: bool = True,
+        role: Role | None = None,
+    ) -> None:
+        self.settings = settings = settings or Settings()
+        self.prefix = _normal_prefix(prefix)
+        self.role = role or Role()
+        self.bus = EventBus()
+        self.metrics = Metrics()
+        self.bus.subscribe(self.metrics.on_event)
+        hooks = HookRunner(
+            _hook_targets(settings), settings.hooks.timeout_seconds, self.metrics.on_hook
+        )
+        self.service = UploadService(
+            _store(settings), _locker(settings, self.role), self.bus, _limits(settings), hooks
+        )
+        self.tokens = TokenCheck.from_setting(settings.auth.bearer_tokens)
+        public_url = (
+            str(settings.server.public_url).rstrip("/") if settings.server.public_url else None
+        )
+        self.public_url = public_url
+        self.self_url = f"http://{settings.server.host}:{settings.server.port}"
+        self.sio = self._socketio() if socketio else None
+        front: dict[str, Any] = {
+            "service": self.service,
+            "throughput": Throughput(),  # what each client's bodies took: REST's chunkSize
+            "public_url": public_url,
+            "prefix": self.prefix,
+            "cors_origins": tuple(settings.server.cors_origins),
+        }
+        self.application = GuardedApplication(
+            self._routes(front),
+            self.tokens,
+            static_path=str(STATIC_DIR),
+            static_url_prefix=f"{self.prefix}/static/",
+            static_handler_class=SafeStaticFileHandler,
+            log_function=self.metrics.on_request,
+            idle_timeout_seconds=settings.server.idle_timeout_seconds,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def rule(self) -> Rule:
+        """The one rule that mounts every FormForge route into a host application's table."""
+        return Rule(PathMatches(rf"{re.escape(self.prefix)}(/.*)?$"), self.application)
+
+    @property
+    def http_options(self) -> dict[str, Any]:
+        """Keyword arguments for the host's `HTTPServer` (or `Application.listen`): bodies in
+        1 MiB pieces and room for long `Upload-Metadata` headers. Uploads work without them,
+        only slower (Tornado's 64 KiB pieces cost ~3x the CPU per byte here)."""
+        return {
+            "chunk_size": CHUNK_SIZE,
+            "max_header_size": max(
+                MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes
+            ),
+        }
+
+    async def start(self, self_url: str | None = None) -> None:
+        """Start the background work. `self_url` is where the server listens (for example
+        `http://127.0.0.1:8000`), for the absolute URLs in events when `server.public_url`
+        is not set; without either, `server.host` and `server.port` make it."""
+        if self_url:
+            self.self_url = self_url.rstrip("/")
         await self.service.locker.start()
         if self.role.recover_store:
             await self.service.store.recover()
@@ -74,6 +150,8 @@ class FormForgeApp:
             self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
+        """Stop every write in flight (each keeps what it received), then the background
+        work, then let go of locks and the store."""
         await self.service.shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -81,6 +159,39 @@ class FormForgeApp:
                 await self._sweeper
         await self.service.locker.close()
         await self.service.store.close()
+
+    def download_url(self, upload_id: str) -> str:
+        """The absolute URL of an upload, as events carry it."""
+        return f"{self.public_url or self.self_url}{self.prefix}/files/{upload_id}"
+
+    def _socketio(self) -> socketio.AsyncServer:
+        settings = self.settings
+        sio = create_socketio(
+            tuple(settings.server.cors_origins), _client_manager(settings, self.role)
+        )
+        sio.register_namespace(UploadNamespace(self.service, self.tokens))
+        self.bus.subscribe(RealtimeBridge(sio, self.download_url).on_event)
+        return sio
+
+    def _routes(self, front: dict[str, Any]) -> list[Any]:
+        p = re.escape(self.prefix)
+        routes: list[Any] = [
+            # The IETF draft (requests with Upload-Draft-Interop-Version) first, then tus.
+            *ietf_routes((rf"{p}/files/?", rf"{p}/files/{ID_PATTERN}/?"), front),
+            (rf"{p}/files/?", TusHandler, front),
+            (rf"{p}/files/{ID_PATTERN}/?", TusHandler, front),
+            (rf"{p}/api/files/upload/?", RestCreateHandler, front),
+            (rf"{p}/api/files/upload/{ID_PATTERN}/?", RestUploadHandler, front),
+            (rf"{p}/healthz", HealthHandler),
+            (rf"{p}/metrics", MetricsHandler, {"metrics": self.metrics}),
+            (rf"{p}/", IndexHandler, {"path": STATIC_DIR / "index.html"}),
+        ]
+        if self.sio is not None:
+            routes.append((rf"{p}/socket.io/", socketio.get_tornado_handler(self.sio)))
+        if self.prefix:
+            # The page's links are relative: it must be seen at `{prefix}/`, with the slash.
+            routes.append((p, RedirectHandler, {"url": f"{self.prefix}/"}))
+        return routes
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.expiration.sweep_interval_seconds
@@ -98,52 +209,12 @@ class FormForgeApp:
                 log.exception("sweep failed")
 
 
-def create_app(
-    settings: Settings, self_url: str | None = None, role: Role | None = None
-) -> FormForgeApp:
-    """Wire everything. `self_url` is where the server listens, for absolute URLs in events
-    when no `server.public_url` is configured."""
-    role = role or Role()
-    bus = EventBus()
-    metrics = Metrics()
-    bus.subscribe(metrics.on_event)
-    store = _store(settings)
-    hooks = HookRunner(_hook_targets(settings), settings.hooks.timeout_seconds, metrics.on_hook)
-    service = UploadService(store, _locker(settings, role), bus, _limits(settings), hooks)
-    tokens = TokenCheck.from_setting(settings.auth.bearer_tokens)
-    public_url = str(settings.server.public_url).rstrip("/") if settings.server.public_url else None
-    cors_origins = tuple(settings.server.cors_origins)
-    sio = create_socketio(cors_origins, _client_manager(settings, role))
-    sio.register_namespace(UploadNamespace(service, tokens))
-    base = public_url or self_url or f"http://{settings.server.host}:{settings.server.port}"
-    bus.subscribe(RealtimeBridge(sio, lambda upload_id: f"{base}/files/{upload_id}").on_event)
-    front: dict[str, Any] = {
-        "service": service,
-        "throughput": Throughput(),  # what each client's bodies took: REST's chunkSize
-        "public_url": public_url,
-        "cors_origins": cors_origins,
-    }
-    routes: list[Any] = [
-        # The IETF draft (requests with Upload-Draft-Interop-Version) first, then tus.
-        *ietf_routes((r"/files/?", rf"/files/{ID_PATTERN}/?"), front),
-        (r"/files/?", TusHandler, front),
-        (rf"/files/{ID_PATTERN}/?", TusHandler, front),
-        (r"/api/files/upload/?", RestCreateHandler, front),
-        (rf"/api/files/upload/{ID_PATTERN}/?", RestUploadHandler, front),
-        (r"/socket.io/", socketio.get_tornado_handler(sio)),
-        (r"/healthz", HealthHandler),
-        (r"/metrics", MetricsHandler, {"metrics": metrics}),
-        (r"/", IndexHandler, {"path": STATIC_DIR / "index.html"}),
-    ]
-    application = GuardedApplication(
-        routes,
-        tokens,
-        static_path=str(STATIC_DIR),
-        static_handler_class=SafeStaticFileHandler,
-        log_function=metrics.on_request,
-        idle_timeout_seconds=settings.server.idle_timeout_seconds,
-    )
-    return FormForgeApp(settings, application, service, metrics, sio, role)
+def _normal_prefix(prefix: str) -> str:
+    """'' or '/a/b': a leading slash, no trailing one."""
+    prefix = prefix.strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]*", prefix) or "//" in prefix:
+        raise ValueError(f"not a URL path prefix: {prefix!r}")
+    return f"/{prefix}" if prefix else ""
 
 
 def _store(settings: Settings) -> Store:

@@ -10,7 +10,7 @@ import socket
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from formforge.app import FormForgeApp, Role, create_app
+from formforge.app import FormForge, Role
 from formforge.config import Settings
 from formforge.realtime.client_errors import quiet_client_errors
 from formforge.runtime.event_loop import loop_name
@@ -18,13 +18,9 @@ from formforge.runtime.memory import release_memory_when_idle
 
 log = logging.getLogger(__name__)
 
-# Tornado hands the body over in pieces of this size: ~1 MiB measured fastest here
-# (64 KiB cost 3x the CPU), and it bounds the memory one upload holds.
-CHUNK_SIZE = 1024 * 1024
 # Bodies of non-streaming requests (REST JSON); streaming handlers raise it per request.
 DEFAULT_MAX_BODY = 1024 * 1024
 CLOSE_TIMEOUT_SECONDS = 3.0
-MIN_HEADER_BYTES = 256 * 1024
 
 
 def listening_url(host: str, sockets: list[socket.socket]) -> str:
@@ -43,7 +39,7 @@ class Server:
         self.settings = settings
         self.sockets = sockets
         self.role = role or Role()
-        self.app: FormForgeApp | None = None
+        self.app: FormForge | None = None
         self._http: HTTPServer | None = None
         self._memory_releaser: asyncio.Task[None] | None = None
 
@@ -53,16 +49,13 @@ class Server:
         # Bind first: a taken port starts nothing.
         sockets = self.sockets or bind_sockets(server.port, server.host)
         url = listening_url(server.host, sockets)
-        self.app = create_app(self.settings, self_url=url, role=self.role)
-        await self.app.start()
+        self.app = FormForge(self.settings, role=self.role)
+        await self.app.start(url)
         self._http = HTTPServer(
             self.app.application,
-            chunk_size=CHUNK_SIZE,
             max_body_size=DEFAULT_MAX_BODY,
             idle_connection_timeout=server.idle_timeout_seconds,
-            # Room for Upload-Metadata up to its configured limit, so an oversized one is
-            # answered 400 by the tus front instead of Tornado dropping the connection.
-            max_header_size=max(MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes),
+            **self.app.http_options,
         )
         asyncio.get_running_loop().set_exception_handler(quiet_client_errors)
         self._http.add_sockets(sockets)

@@ -22,7 +22,8 @@ const fileInput = $("file-input");
 const uploadList = $("uploads");
 const template = $("upload-template");
 // WebSocket only: behind several workers or nodes, long-polling would need sticky sessions.
-const socket = io({ path: "/socket.io/", transports: ["websocket"] });
+// Every URL is relative to the page, so FormForge works mounted under any prefix.
+const socket = io({ path: new URL("socket.io/", location.href).pathname, transports: ["websocket"] });
 const items = new Map(); // upload id -> Item, for the files whose room we follow
 
 function readSettings() {
@@ -30,7 +31,7 @@ function readSettings() {
   const fromQuery = Number(new URLSearchParams(location.search).get("chunkSize"));
   const chunkSize = fromQuery > 0 ? fromQuery : Number(body.chunkSize) || Infinity;
   const adaptive = !(fromQuery > 0) && Number.isFinite(chunkSize);
-  return { endpoint: new URL(body.endpoint || "/files/", location.href).href, chunkSize, adaptive };
+  return { endpoint: new URL(body.endpoint || "files/", location.href).href, chunkSize, adaptive };
 }
 
 function announce(message) {
@@ -227,7 +228,7 @@ class Item {
     await new Promise((resolve) => setTimeout(resolve, STATUS_POLL_MS));
     if (this.state !== "processing") return;
     try {
-      const answer = await fetch(`/api/files/upload/${this.id}`);
+      const answer = await fetch(new URL(`api/files/upload/${this.id}`, location.href));
       const status = await answer.json();
       if (status.state === "complete" && status.sha256) {
         this.onServerComplete({ sha256: status.sha256, url: this.upload.url });

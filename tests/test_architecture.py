@@ -38,7 +38,10 @@ MAX_LINES = 400
 
 
 def modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+    """Every module; of the packages' `__init__.py`, only the top one holds code (the API)."""
+    return sorted(
+        p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent == PACKAGE
+    )
 
 
 def imported(path: Path) -> set[str]:

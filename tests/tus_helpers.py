@@ -11,16 +11,16 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from formforge.app import FormForgeApp, create_app
+from formforge.app import FormForge
 from formforge.config import Settings
 
 OFFSET_TYPE = {"Content-Type": "application/offset+octet-stream"}
 Tus = Callable[..., Awaitable[HTTPResponse]]
 
 
-def make_app(data_dir: Path, **sections: dict[str, Any]) -> FormForgeApp:
+def make_app(data_dir: Path, **sections: dict[str, Any]) -> FormForge:
     storage = {"path": str(data_dir), "fsync": False, **sections.pop("storage", {})}
-    return create_app(Settings.model_validate({"storage": storage, **sections}))
+    return FormForge(Settings.model_validate({"storage": storage, **sections}))
 
 
 def tus_client(http_client: AsyncHTTPClient, base_url: str) -> Tus:

@@ -39,11 +39,13 @@ class FrontHandler(RequestHandler):
         service: UploadService,
         throughput: Throughput,
         public_url: str | None,
+        prefix: str,
         cors_origins: tuple[str, ...],
     ) -> None:
         self.service = service
         self.throughput = throughput
         self.public_url = public_url
+        self.prefix = prefix  # where FormForge's routes are mounted: '' or '/a/b'
         self.cors_origins = cors_origins
         self.set_default_headers()  # Tornado first calls it before initialize()
 
@@ -77,9 +79,15 @@ class FrontHandler(RequestHandler):
         return self.request.remote_ip or ""
 
     def base_url(self) -> str:
+        """Where clients reach FormForge's routes: the public URL (or the request's own
+        scheme and host) followed by the prefix FormForge is mounted under."""
         if self.public_url:
-            return self.public_url.rstrip("/")
-        return f"{self.request.protocol}://{self.request.host}"
+            return self.public_url.rstrip("/") + self.prefix
+        return f"{self.request.protocol}://{self.request.host}{self.prefix}"
+
+    def upload_url(self, upload_id: str) -> str:
+        """The upload's URL: tus and the IETF draft at it, and its download."""
+        return f"{self.base_url()}/files/{upload_id}"
 
     # -- errors --------------------------------------------------------------------------
 

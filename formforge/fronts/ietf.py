@@ -207,7 +207,7 @@ class IetfHandler(StreamingWriteHandler):
             None, self._creation_metadata(), None, self.request_info(), intended_length=self.length
         )
         # Announced as soon as it exists: a client cut off from here on can resume.
-        fields = {"Location": self._upload_url(self.created.id)}
+        fields = {"Location": self.upload_url(self.created.id)}
         limit = self._upload_limit(self.created)
         if limit is not None:
             fields["Upload-Limit"] = limit
@@ -298,7 +298,7 @@ class IetfHandler(StreamingWriteHandler):
         if upload_id:
             raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "an upload is created at /files/")
         info = await self._finish_request()
-        self.set_header("Location", self._upload_url(info.id))
+        self.set_header("Location", self.upload_url(info.id))
         self._describe(info)
         self.set_status(201)
 
@@ -470,9 +470,6 @@ class IetfHandler(StreamingWriteHandler):
     def _has_body(self) -> bool:
         chunked = "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
         return chunked or (self._content_length() or 0) > 0
-
-    def _upload_url(self, upload_id: str) -> str:
-        return f"{self.base_url()}/files/{upload_id}"
 
     def _require_id(self, upload_id: str | None) -> str:
         if not upload_id:

@@ -40,7 +40,7 @@ class RestFront(FrontHandler):
         base = self.base_url()
         return {
             "uploadUrl": f"{base}/api/files/upload/{upload_id}",
-            "tusUrl": f"{base}/files/{upload_id}",
+            "tusUrl": self.upload_url(upload_id),
         }
 
 

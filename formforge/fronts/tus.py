@@ -163,7 +163,7 @@ class TusHandler(StreamingWriteHandler):
         written = await self.finish_body_write()
         info = written or self.created
         assert info is not None
-        self.set_header("Location", f"{self.base_url()}/files/{info.id}")
+        self.set_header("Location", self.upload_url(info.id))
         if written is not None:
             self.set_header("Upload-Offset", str(written.offset))
         self._set_expires(info)
@@ -184,7 +184,7 @@ class TusHandler(StreamingWriteHandler):
         elif info.concat is ConcatRole.FINAL:
             self.set_header(
                 "Upload-Concat",
-                "final;" + " ".join(f"{self.base_url()}/files/{part}" for part in info.parts),
+                "final;" + " ".join(self.upload_url(part) for part in info.parts),
             )
         self._set_expires(info)
         self.set_status(200)

@@ -3,7 +3,7 @@
 The supervisor binds the socket and recovers the store once, then forks the workers and waits.
 SIGTERM or SIGINT to the supervisor becomes SIGTERM to each worker, which stops cleanly
 (persisting what its requests received); a worker that dies otherwise is replaced.
-Workers coordinate through the cross-process locker and Socket.IO fan-out that `create_app`
+Workers coordinate through the cross-process locker and Socket.IO fan-out that `FormForge`
 picks for `Role.workers > 1` (files and Unix sockets in the data dir, or Redis).
 """
 
