@@ -44,10 +44,22 @@ class ExampleApp:
         self.output: list[str] = []
 
     def start(self) -> ExampleApp:
-        command = [sys.executable, str(EXAMPLE), "--port", str(self.port),
-                   "--data-dir", str(self.data_dir)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=clean_environ(), start_new_session=True)
+        command = [
+            sys.executable,
+            str(EXAMPLE),
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=clean_environ(),
+            start_new_session=True,
+        )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and (line := self.proc.stdout.readline()):
@@ -105,9 +117,7 @@ def test_the_readme_shows_the_example_whole() -> None:
 
 
 def test_the_host_route_and_formforge_routes_share_one_port(example: ExampleApp) -> None:
-    assert requests.get(example.host_url + "/", timeout=10).json() == {
-        "hello": "from the host app"
-    }
+    assert requests.get(example.host_url + "/", timeout=10).json() == {"hello": "from the host app"}
     options = requests.options(example.url + "/files/", timeout=10)
     assert options.status_code == 204 and options.headers["Tus-Version"] == "1.0.0"
     assert requests.get(example.url + "/healthz", timeout=10).json() == {"status": "ok"}
@@ -124,9 +134,19 @@ def test_tus_js_client_uploads_through_the_host_app(
     source = tmp_path / "photo.jpg"
     digest = random_file(source, 3 * 1024 * 1024 + 17)
     done = subprocess.run(
-        [node, str(JS_DIR / "tus-upload.mjs"), "--endpoint", example.url + "/files/",
-         "--file", str(source), "--chunk-size", str(1024 * 1024)],
-        capture_output=True, text=True, timeout=120,
+        [
+            node,
+            str(JS_DIR / "tus-upload.mjs"),
+            "--endpoint",
+            example.url + "/files/",
+            "--file",
+            str(source),
+            "--chunk-size",
+            str(1024 * 1024),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     url = json.loads(done.stdout)["url"]
@@ -134,9 +154,7 @@ def test_tus_js_client_uploads_through_the_host_app(
     assert downloaded_sha256(url) == digest
 
 
-def test_tuspy_resumes_after_the_app_process_is_killed(
-    example: ExampleApp, tmp_path: Path
-) -> None:
+def test_tuspy_resumes_after_the_app_process_is_killed(example: ExampleApp, tmp_path: Path) -> None:
     source = tmp_path / "video.mp4"
     digest = random_file(source, 4 * 1024 * 1024)
     first = tus_client.TusClient(example.url + "/files/").uploader(
@@ -193,8 +211,9 @@ async def watch_while_uploading(
         if name != "uploadProgress":
             finished.set()
 
-    await client.connect(example.host_url, socketio_path="/uploads/socket.io",
-                         transports=["websocket"])
+    await client.connect(
+        example.host_url, socketio_path="/uploads/socket.io", transports=["websocket"]
+    )
     try:
         ack = await client.call("joinUploadRoom", upload_id, timeout=10)
         assert ack == {"ok": True, "room": f"upload:{upload_id}"}
@@ -214,10 +233,12 @@ PUBLIC = "https://uploads.example.com/base"
 def mounted(tmp_path: Path, io_loop: object) -> Iterator[object]:
     from formforge import FormForge, Settings
 
-    settings = Settings.model_validate({
-        "storage": {"path": str(tmp_path / "data"), "fsync": False},
-        "server": {"public_url": PUBLIC},
-    })
+    settings = Settings.model_validate(
+        {
+            "storage": {"path": str(tmp_path / "data"), "fsync": False},
+            "server": {"public_url": PUBLIC},
+        }
+    )
     uploads = FormForge(settings, prefix="/uploads/", socketio=False)
     yield uploads
     io_loop.run_sync(uploads.service.processor.stop)  # type: ignore[attr-defined]
@@ -237,14 +258,21 @@ def app(mounted: object) -> object:
 @pytest.mark.gen_test
 async def test_urls_carry_the_public_url_and_the_prefix(http_client: object, base_url: str) -> None:
     fetch = http_client.fetch  # type: ignore[attr-defined]
-    created = await fetch(f"{base_url}/uploads/files/", method="POST", body=b"",
-                          headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3"})
+    created = await fetch(
+        f"{base_url}/uploads/files/",
+        method="POST",
+        body=b"",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3"},
+    )
     assert created.code == 201
     location = created.headers["Location"]
     assert re.fullmatch(rf"{re.escape(PUBLIC)}/uploads/files/[\w-]+", location)
-    rest = await fetch(f"{base_url}/uploads/api/files/upload", method="POST",
-                       body=json.dumps({"filename": "a.txt", "size": 3}),
-                       headers={"Content-Type": "application/json"})
+    rest = await fetch(
+        f"{base_url}/uploads/api/files/upload",
+        method="POST",
+        body=json.dumps({"filename": "a.txt", "size": 3}),
+        headers={"Content-Type": "application/json"},
+    )
     answer = json.loads(rest.body)
     upload_id = answer["uploadId"]
     assert answer["tusUrl"] == f"{PUBLIC}/uploads/files/{upload_id}"
@@ -261,3 +289,32 @@ def test_a_prefix_that_is_not_a_path_is_refused(tmp_path: Path) -> None:
     settings = Settings.model_validate({"storage": {"path": str(tmp_path)}})
     with pytest.raises(ValueError, match="prefix"):
         FormForge(settings, prefix="/up loads?x=1")
+
+
+def test_the_page_under_the_prefix_uploads_in_a_browser(
+    example: ExampleApp, tmp_path: Path
+) -> None:
+    """Its links, the Socket.IO path and the REST status URL are all relative to the page."""
+    from tests.test_page import CHROMIUM, CHROMIUM_ARGS, PageUnderTest
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (Debian package `chromium`; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    source = tmp_path / "notes.txt"
+    digest = random_file(source, 1024 * 1024 + 5)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            ui = PageUnderTest(browser, f"{example.url}/?chunkSize={256 * 1024}")
+            ui.page.set_input_files("#file-input", [str(source)])
+            rows = ui.sample_until(
+                lambda rows: bool(rows) and rows[0]["state"] == "complete",
+                60.0,
+                lambda: "".join(example.output[-40:]),
+            )[-1]
+            assert ui.problems == []
+        finally:
+            browser.close()
+    assert rows[0]["sha256"] == digest
+    assert rows[0]["url"].startswith(f"{example.url}/files/")
