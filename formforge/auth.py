@@ -8,6 +8,11 @@ from pathlib import Path
 from tornado.httputil import HTTPServerRequest
 
 OPEN_PATHS = frozenset({"/healthz"})  # GET only: load balancers probe without a token
+# The uploader page and its files (GET and HEAD): a browser must load the page before it can
+# ask for a token. Every /static/ path is routed to the static handler, which serves only
+# files under static/, so the prefix opens nothing else.
+PAGE_PATHS = frozenset({"/", "/favicon.ico"})
+PAGE_PREFIX = "/static/"
 
 
 class TokenCheck:
@@ -43,13 +48,19 @@ class TokenCheck:
         return self.allows_token(token.strip()) if scheme.lower() == "bearer" else not self.enabled
 
     def exempts(self, request: HTTPServerRequest) -> bool:
-        """Health probes, CORS preflights, and Socket.IO (which checks at connect)."""
+        """Health probes, the page, CORS preflights, and Socket.IO (which checks at connect)."""
         path = request.path
         if request.method == "GET" and path in OPEN_PATHS:
+            return True
+        if request.method in ("GET", "HEAD") and is_page(path):
             return True
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return True
         return path.startswith("/socket.io/")
+
+
+def is_page(path: str) -> bool:
+    return path in PAGE_PATHS or path.startswith(PAGE_PREFIX)
 
 
 def read_token_file(path: Path) -> frozenset[str]:

@@ -5,8 +5,17 @@
 //
 // Settings (see index.html): <body data-endpoint data-chunk-size>, and ?chunkSize=BYTES.
 // The chunk size starts at data-chunk-size and follows the link (chunking.js); a chunk size
-// given in the address stays fixed.
+// given in the address stays fixed. With `auth.bearer_tokens` set on the server, every request
+// and the socket carry the access token of access.js (#token=TOKEN, or the access panel).
 
+import {
+  authHeaders,
+  checkAccess,
+  currentToken,
+  initAccess,
+  showAccessProblem,
+  socketAuth,
+} from "./access.js";
 import { nextChunkSize } from "./chunking.js";
 
 const { tus, io } = window;
@@ -21,10 +30,17 @@ const dropZone = $("drop-zone");
 const fileInput = $("file-input");
 const uploadList = $("uploads");
 const template = $("upload-template");
+// Before the socket connects: a token in the address is taken (and removed from it) first.
+initAccess(settings.endpoint, onAccessGranted);
 // WebSocket only: behind several workers or nodes, long-polling would need sticky sessions.
 // Every URL is relative to the page, so FormForge works mounted under any prefix.
-const socket = io({ path: new URL("socket.io/", location.href).pathname, transports: ["websocket"] });
+const socket = io({
+  path: new URL("socket.io/", location.href).pathname,
+  transports: ["websocket"],
+  auth: socketAuth,
+});
 const items = new Map(); // upload id -> Item, for the files whose room we follow
+const waitingForAccess = new Set(); // Items the server refused for want of a valid token
 
 function readSettings() {
   const body = document.body.dataset;
@@ -96,6 +112,7 @@ class Item {
     this.upload = new tus.Upload(file, {
       endpoint: settings.endpoint,
       chunkSize: settings.chunkSize,
+      headers: authHeaders,
       retryDelays: RETRY_DELAYS,
       removeFingerprintOnSuccess: true,
       metadata: { filename: file.name, filetype: file.type || "application/octet-stream" },
@@ -188,6 +205,10 @@ class Item {
 
   onFailed(error) {
     const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+    if (status === 401) {
+      this.waitForAccess();
+      return;
+    }
     // No answer or a 5xx: the server is away. A reconnect of the socket restarts the upload.
     this.retryOnReconnect = status === 0 || status >= 500;
     if (this.state !== "retrying") this.interruptions += 1;
@@ -196,6 +217,17 @@ class Item {
       : "Press Retry to try again.";
     this.showErrors(this.serverError, `${shortMessage(error)}. ${next}`);
     this.setState("failed", "stopped");
+  }
+
+  // Refused for the token: said on the row and in the access panel; a token accepted later
+  // resumes the upload (onAccessGranted).
+  waitForAccess() {
+    waitingForAccess.add(this);
+    const problem = currentToken() ? "refused" : "missing";
+    showAccessProblem(problem);
+    const reason = problem === "refused" ? "refused the access token" : "needs an access token";
+    this.showErrors(null, `The server ${reason}. Enter a valid one above and it carries on.`);
+    this.setState("failed", `stopped, the server ${reason}`);
   }
 
   onServerProgress({ offset }) {
@@ -228,7 +260,8 @@ class Item {
     await new Promise((resolve) => setTimeout(resolve, STATUS_POLL_MS));
     if (this.state !== "processing") return;
     try {
-      const answer = await fetch(new URL(`api/files/upload/${this.id}`, location.href));
+      const statusUrl = new URL(`api/files/upload/${this.id}`, location.href);
+      const answer = await fetch(statusUrl, { headers: authHeaders });
       const status = await answer.json();
       if (status.state === "complete" && status.sha256) {
         this.onServerComplete({ sha256: status.sha256, url: this.upload.url });
@@ -369,13 +402,24 @@ function forgetEarlier(file) {
   $("earlier").hidden = $("earlier-list").children.length === 0;
 }
 
-function setConnected(connected) {
+function setConnected(connected, text) {
   const line = $("connection");
   if (line.dataset.connected === "true" && !connected) {
     announce("Lost the connection to the server; uploads resume by themselves.");
   }
   line.dataset.connected = String(connected);
-  line.textContent = connected ? "Live updates: connected" : "Live updates: reconnecting…";
+  line.textContent =
+    text || (connected ? "Live updates: connected" : "Live updates: reconnecting…");
+}
+
+// A token was accepted: connect the socket if the server refused it, and carry on the
+// uploads it refused.
+function onAccessGranted() {
+  if (!socket.connected && !socket.active) socket.connect();
+  for (const item of waitingForAccess) {
+    if (item.state === "failed") item.resume();
+  }
+  waitingForAccess.clear();
 }
 
 socket.on("connect", () => {
@@ -386,6 +430,13 @@ socket.on("connect", () => {
   }
 });
 socket.on("disconnect", () => setConnected(false));
+socket.on("connect_error", () => {
+  if (socket.active) return; // the network: the client tries again by itself
+  // The server refused the connection (no token, or a wrong one): it stays down until a
+  // token is accepted.
+  setConnected(false, "Live updates: refused, see the access token above");
+  checkAccess(settings.endpoint);
+});
 socket.on("uploadProgress", (event) => items.get(event.uploadId)?.onServerProgress(event));
 socket.on("uploadComplete", (event) => items.get(event.uploadId)?.onServerComplete(event));
 socket.on("uploadError", (event) => items.get(event.uploadId)?.onServerError(event));

@@ -11,6 +11,7 @@ REST errors are `{"error": {"code", "message"}}`.
 from __future__ import annotations
 
 import asyncio
+import http.client
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,6 @@ def requests_for(server: Any, upload_id: str) -> dict[str, Callable[[dict[str, s
         ),
         "REST GET": lambda auth: HTTP.get(f"{rest}/{upload_id}", headers=auth, timeout=WAIT),
         "GET /metrics": lambda auth: HTTP.get(server.url + "/metrics", headers=auth, timeout=WAIT),
-        "GET /": lambda auth: HTTP.get(server.url + "/", headers=auth, timeout=WAIT),
     }
 
 
@@ -132,7 +132,6 @@ def test_a_valid_bearer_token_lets_every_request_through(
             "REST POST": 201,
             "REST GET": 200,
             "GET /metrics": 200,
-            "GET /": 200,
         }
         for name, status in expected.items():
             response = sent[name](auth)
@@ -174,6 +173,40 @@ def test_health_probes_and_cors_preflights_need_no_token(
     assert_unauthorized("POST /healthz", HTTP.post(server.url + "/healthz", timeout=WAIT))
 
 
+def test_the_page_and_its_files_need_no_token(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """CONTRACT.md: "The uploader page itself (`GET /`, `/static/`, the favicon) is public"."""
+    server = serve(start_server, tmp_path, TOKENS)
+    page = HTTP.get(server.url + "/", timeout=WAIT)
+    assert page.status_code == 200
+    assert "<html" in page.text.lower()
+    assert HTTP.head(server.url + "/", timeout=WAIT).status_code == 200
+    assets = ("app.js", "access.js", "style.css", "favicon.svg", "vendor/tus-js-client/tus.min.js")
+    for asset in assets:
+        assert HTTP.get(f"{server.url}/static/{asset}", timeout=WAIT).status_code == 200, asset
+    assert HTTP.get(server.url + "/favicon.ico", timeout=WAIT).status_code == 404  # no such file
+    # Only the page's files: the prefix leads to the static handler, whatever follows it.
+    upload_id = upload_id_of(create(server, bearer("tok1")))
+    for path in (f"/static/../files/{upload_id}", f"/static/..%2Ffiles%2F{upload_id}"):
+        status, _ = raw_get(server, path)
+        assert status in (403, 404), (path, status)
+    assert_unauthorized("POST /", HTTP.post(server.url + "/", timeout=WAIT))
+    assert_unauthorized("GET /metrics", HTTP.get(server.url + "/metrics", timeout=WAIT))
+
+
+def raw_get(server: Any, path: str) -> tuple[int, bytes]:
+    """A GET of the path exactly as written (requests would resolve its dot segments)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=WAIT)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
 def test_tokens_can_come_from_a_file(start_server: Callable[..., Any], tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("# the uploader page\nfile-tok-A\n\n  file-tok-B  \n# file-tok-C\n")
@@ -192,7 +225,7 @@ def test_with_auth_unset_everything_is_open(
     for auth in ({}, bearer("anything")):
         upload_id = upload_id_of(create(server, auth))
         sent = requests_for(server, upload_id)
-        for name in ("tus HEAD", "tus PATCH", "REST POST", "REST GET", "GET /metrics", "GET /"):
+        for name in ("tus HEAD", "tus PATCH", "REST POST", "REST GET", "GET /metrics"):
             response = sent[name](auth)
             assert response.status_code in (200, 201, 204), (name, response.text)
     assert asyncio.run(asyncio.wait_for(connects(server), WAIT * 2))
