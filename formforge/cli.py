@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from formforge.config import ConfigError, Settings, load_settings
 from formforge.core.checksum import HASHERS
+from formforge.logs import configure_logging
 from formforge.runtime.event_loop import loop_factory
 from formforge.runtime.memory import tune_allocator, tune_collector
 
@@ -31,7 +32,6 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # bad flags or bad config: what argparse uses for bad usage too
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 STOP_TIMEOUT_SECONDS = 8.0  # SIGTERM must end the process "within a few seconds"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 class ServerLike(Protocol):
@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging()
+    configure_logging(settings.server.log_format)
     tune_allocator()  # before the first big buffer; forked workers inherit it
     if args.workers > 1:
         return _supervise(settings, args.workers)
@@ -119,10 +119,6 @@ def _supervise(settings: Settings, workers: int) -> int:
     except OSError as error:
         print(_start_error_line(settings, error), file=sys.stderr)
         return EXIT_FAILURE
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
 
 
 def _load_server_class() -> ServerFactory:

@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from formforge.auth import read_token_file
 from formforge.config_file import UnreadableFile, read_sections
+from formforge.logs import LogFormat
 from formforge.runtime.event_loop import EventLoopChoice, uvloop_installed
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -108,6 +109,7 @@ class ServerSettings(_Section):
     cors_origins: Strings = ("*",)
     idle_timeout_seconds: Seconds = 60.0
     event_loop: EventLoopChoice = "auto"
+    log_format: LogFormat = "text"
 
 
 class S3Settings(_Section):
