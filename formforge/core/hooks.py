@@ -24,9 +24,14 @@ class RequestInfo:
 
     headers: Mapping[str, str]
     remote_addr: str | None
+    request_id: str | None = None  # the X-Request-ID the request came with, or was given
 
     def as_json(self) -> dict[str, Any]:
-        return {"headers": dict(self.headers), "remoteAddr": self.remote_addr}
+        return {
+            "headers": dict(self.headers),
+            "remoteAddr": self.remote_addr,
+            "requestId": self.request_id,
+        }
 
 
 class Hooks(Protocol):

@@ -13,6 +13,7 @@ from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.hooks import RequestInfo
 from formforge.core.service import UploadService
 from formforge.fronts.throughput import Throughput
+from formforge.logs import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ ALLOWED_HEADERS = (
 EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Extension, Tus-Max-Size, "
-    "Tus-Checksum-Algorithm, Content-Disposition, Content-Range, Accept-Ranges"
+    "Tus-Checksum-Algorithm, Content-Disposition, Content-Range, Accept-Ranges, X-Request-ID"
 )
 ALLOWED_METHODS = "POST, GET, HEAD, PATCH, PUT, DELETE, OPTIONS"
 
@@ -72,7 +73,7 @@ class FrontHandler(RequestHandler):
 
     def request_info(self) -> RequestInfo:
         """The client request, as hooks see it."""
-        return RequestInfo(dict(self.request.headers), self.client_address())
+        return RequestInfo(dict(self.request.headers), self.client_address(), current_request_id())
 
     def client_address(self) -> str:
         """Who sent the request, as far as this server can tell (the peer's address)."""
@@ -110,13 +111,15 @@ class FrontHandler(RequestHandler):
         self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         if isinstance(value, UploadError):
+            upload_id = self.path_kwargs.get("upload_id")
             log.info(
-                "%s %s -> %d %s: %s",
+                "%s %s -> %d %s: %s%s",
                 self.request.method,
                 self.request.path,
                 value.status,
                 value.kind.code,
                 value.message,
+                f" upload_id={upload_id}" if upload_id else "",  # a field of JSON log lines
             )
         else:
             super().log_exception(typ, value, tb)

@@ -10,6 +10,7 @@ from tornado.web import Application, RequestHandler, _HandlerDelegate, stream_re
 
 from formforge.auth import TokenCheck
 from formforge.core.errors import ErrorKind
+from formforge.fronts.request_id import EchoRequestId, assign_request_id
 from formforge.wire import error_body
 
 
@@ -19,8 +20,10 @@ class GuardedApplication(Application):
     ) -> None:
         super().__init__(routes, **settings)
         self.tokens = tokens
+        self.add_transform(EchoRequestId)
 
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
+        assign_request_id(request)  # first: a refused request has an id too
         if (
             self.tokens.enabled
             and not self.tokens.exempts(request)
