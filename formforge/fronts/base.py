@@ -52,6 +52,9 @@ class FrontHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         """Also re-applied when an error clears the headers."""
+        # Upload state changes with every request (offsets, a deletion): no cache may keep an
+        # answer of ours. Downloads, the one exception, say their own (fronts/download.py).
+        self.set_header("Cache-Control", "no-store")
         origins = getattr(self, "cors_origins", ())
         origin = self.request.headers.get("Origin")
         if origin and ("*" in origins or origin in origins):

@@ -28,6 +28,12 @@ INLINE_SAFE_TYPES = frozenset(
         "text/plain",
     }
 )
+# A finished upload's bytes never change and its id is never reused, so a cache may keep a
+# download and check it with the ETag below. It must check every time (`no-cache`): an upload
+# can be deleted or expire at any moment, and a cache must then stop serving it, which only
+# asking us first guarantees. `private`: the files are the uploaders' own, and with
+# `auth.bearer_tokens` each reader's access is checked; shared caches (proxies) keep none.
+DOWNLOAD_CACHE_CONTROL = "private, no-cache"
 _TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -44,6 +50,19 @@ def content_disposition(info: UploadInfo, mime: str) -> str:
     # An ASCII fallback without quotes or controls, and the exact name per RFC 6266/5987.
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"%' else "_" for c in name)
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def entity_tag(info: UploadInfo) -> str:
+    """A strong validator of a finished upload: its id and size say all (it never changes)."""
+    return f'"{info.id}-{info.size}"'
+
+
+def is_fresh(if_none_match: str | None, etag: str) -> bool:
+    """Whether the client's copy (RFC 9110 If-None-Match, weak comparison) is this one."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

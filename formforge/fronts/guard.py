@@ -41,6 +41,7 @@ class UnauthorizedHandler(RequestHandler):
         self.set_status(401)
         self.set_header("WWW-Authenticate", 'Bearer realm="formforge"')
         self.set_header("Connection", "close")
+        self.set_header("Cache-Control", "no-store")
         if self.request.path.startswith("/files"):
             self.set_header("Tus-Resumable", "1.0.0")
         message = "a valid 'Authorization: Bearer <token>' header is required"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -39,6 +40,8 @@ class IndexHandler(RequestHandler):
 
 class HealthHandler(RequestHandler):
     def get(self) -> None:
+        # A stored answer would say "up" for a server that is down: never from a cache.
+        self.set_header("Cache-Control", "no-store")
         self.write({"status": "ok"})
 
 
@@ -47,14 +50,28 @@ class MetricsHandler(RequestHandler):
         self.metrics = metrics
 
     def get(self) -> None:
+        # Every scrape must see the counters of now.
+        self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(self.metrics.render())
 
 
 class SafeStaticFileHandler(StaticFileHandler):
-    """Tornado's static files, with a 404 (not a 500) for paths no file can have."""
+    """Tornado's static files, with a 404 (not a 500) for paths no file can have.
+
+    The page names its files without a version in the URL, so a cache that kept one for a
+    while could pair a new index.html with an old app.js after an upgrade: every use is
+    checked with the server first (`no-cache`), which costs a 304 thanks to the ETag and
+    Last-Modified Tornado sends.
+    """
 
     def parse_url_path(self, url_path: str) -> str:
         if "\x00" in url_path:
             raise HTTPError(404)
         return super().parse_url_path(url_path)
+
+    def get_cache_time(self, path: str, modified: datetime | None, mime_type: str) -> int:
+        return 0  # no max-age or Expires, even for a ?v= URL
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")

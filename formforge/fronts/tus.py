@@ -18,7 +18,14 @@ from formforge.core.ids import is_valid_upload_id
 from formforge.core.metadata import encode_metadata, parse_metadata
 from formforge.core.model import ConcatRole, UploadInfo
 from formforge.core.write_request import WriteRequest
-from formforge.fronts.download import content_disposition, content_type, parse_range
+from formforge.fronts.download import (
+    DOWNLOAD_CACHE_CONTROL,
+    content_disposition,
+    content_type,
+    entity_tag,
+    is_fresh,
+    parse_range,
+)
 from formforge.fronts.streaming import StreamingWriteHandler
 
 TUS_VERSION = "1.0.0"
@@ -205,6 +212,12 @@ class TusHandler(StreamingWriteHandler):
     async def get(self, upload_id: str | None = None) -> None:
         info, reader = await self.service.open_download(self._require_id(upload_id))
         assert info.size is not None
+        etag = entity_tag(info)
+        self.set_header("Cache-Control", DOWNLOAD_CACHE_CONTROL)
+        self.set_header("ETag", etag)
+        if is_fresh(self.request.headers.get("If-None-Match"), etag):
+            self.set_status(304)
+            return
         span = parse_range(self.request.headers.get("Range"), info.size)
         start, end = span or (0, info.size)
         mime = content_type(info)
