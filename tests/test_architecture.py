@@ -30,6 +30,7 @@ ALLOWED = {
         "formforge.wire",
         "formforge.auth",
         "formforge.metrics",
+        "formforge.logs",
     ),
     "client": ("formforge.core.checksum", "formforge.client"),
 }
