@@ -93,7 +93,7 @@ class FormForge:
         self.service = UploadService(
             _store(settings), _locker(settings, self.role), self.bus, _limits(settings), hooks
         )
-        self.tokens = TokenCheck.from_setting(settings.auth.bearer_tokens)
+        self.tokens = TokenCheck.from_setting(settings.auth.bearer_tokens, self.prefix)
         public_url = (
             str(settings.server.public_url).rstrip("/") if settings.server.public_url else None
         )

@@ -18,17 +18,18 @@ PAGE_PREFIX = "/static/"
 class TokenCheck:
     """Accepts any of the configured tokens; with none configured, accepts everything."""
 
-    def __init__(self, tokens: frozenset[str] | None) -> None:
+    def __init__(self, tokens: frozenset[str] | None, prefix: str = "") -> None:
         self.tokens = tokens
+        self.prefix = prefix  # where FormForge is mounted: its open paths are under it
 
     @classmethod
-    def from_setting(cls, setting: tuple[str, ...] | str | None) -> TokenCheck:
+    def from_setting(cls, setting: tuple[str, ...] | str | None, prefix: str = "") -> TokenCheck:
         """A list of tokens, or the path of a file with one token a line (# comments)."""
         if setting is None:
-            return cls(None)
+            return cls(None, prefix)
         if isinstance(setting, str):
-            return cls(read_token_file(Path(setting)))
-        return cls(frozenset(setting))
+            return cls(read_token_file(Path(setting)), prefix)
+        return cls(frozenset(setting), prefix)
 
     @property
     def enabled(self) -> bool:
@@ -49,7 +50,9 @@ class TokenCheck:
 
     def exempts(self, request: HTTPServerRequest) -> bool:
         """Health probes, the page, CORS preflights, and Socket.IO (which checks at connect)."""
-        path = request.path
+        if not request.path.startswith(self.prefix):
+            return False
+        path = request.path[len(self.prefix) :]
         if request.method == "GET" and path in OPEN_PATHS:
             return True
         if request.method in ("GET", "HEAD") and is_page(path):

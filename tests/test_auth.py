@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
 import socketio
 import yaml
+
+from tests.conftest import clean_environ
 
 pytestmark = pytest.mark.slow
 
@@ -311,3 +316,58 @@ def test_an_authorized_socket_gets_the_events_of_an_authorized_upload(
             await asyncio.wait_for(client.disconnect(), WAIT)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+# ============================================================ mounted under a prefix
+
+HOST_APP = """import asyncio, sys
+import tornado.web
+from tornado.netutil import bind_sockets
+from tornado.httpserver import HTTPServer
+from formforge import FormForge, Settings
+
+async def main() -> None:
+    settings = Settings(storage={"path": sys.argv[1]}, auth={"bearer_tokens": ["tok1"]})
+    uploads = FormForge(settings, prefix="/uploads")
+    app = tornado.web.Application([uploads.rule()])
+    sockets = bind_sockets(0, "127.0.0.1")
+    HTTPServer(app, **uploads.http_options).add_sockets(sockets)
+    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    await uploads.start(url)
+    print(url, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_under_a_prefix_the_same_paths_are_open(tmp_path: Path) -> None:
+    """FormForge mounted at /uploads in a host app: its page, files, health and Socket.IO
+    are open or guarded exactly as at the root."""
+    script = tmp_path / "host_app.py"
+    script.write_text(HOST_APP)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=clean_environ(),
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        host = proc.stdout.readline().strip()  # the app prints its URL once it listens
+        assert host.startswith("http://"), host
+        base = host + "/uploads"
+        for path in ("/", "/static/access.js", "/static/app.js", "/healthz"):
+            assert HTTP.get(base + path, timeout=WAIT).status_code == 200, path
+        for path in ("/metrics", "/files/", "/api/files/upload/" + "A" * 22):
+            assert HTTP.get(base + path, timeout=WAIT).status_code == 401, path
+        server = SimpleNamespace(url=host)
+        path = "/uploads/socket.io/"
+        assert not asyncio.run(connects(server, socketio_path=path))
+        assert asyncio.run(connects(server, socketio_path=path, auth={"token": "tok1"}))
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+        if proc.stdout is not None:
+            proc.stdout.close()
