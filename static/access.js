@@ -11,10 +11,12 @@ const $ = (id) => document.getElementById(id);
 export const authHeaders = {};
 
 const MESSAGES = {
+  // The page's own path: under a prefix (/uploads/) too.
   missing:
-    "This server needs an access token. Enter it below, or open this page as /#token=YOUR-TOKEN.",
+    "This server needs an access token. Enter it below, or open this page as " +
+    `${location.pathname}#token=YOUR-TOKEN.`,
   refused: "The server refused this access token. Check it and enter it again.",
-  unreachable: "Could not reach the server to check the access token; it is checked again on retry.",
+  unreachable: "Could not reach the server to check the access token.",
 };
 
 function readStored() {
