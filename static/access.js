@@ -3,7 +3,8 @@
 // or from the labelled field of the access panel, and is kept in sessionStorage: for this tab
 // only, gone when it closes. Every tus and REST request carries it (`authHeaders`, shared with
 // each tus.Upload: tus-js-client reads its `headers` on every request, so a new token applies
-// to uploads already running), and the Socket.IO connection sends it in its `auth` payload.
+// to uploads already running), the Socket.IO connection sends it in its `auth` payload, and
+// downloads from the page fetch with it.
 
 const KEY = "formforge.token";
 const $ = (id) => document.getElementById(id);
@@ -93,6 +94,29 @@ export async function checkAccess(endpoint) {
     status === 401 ? (token ? "refused" : "missing") : status === 0 ? "unreachable" : null;
   showAccessProblem(problem);
   return problem === null;
+}
+
+// A plain link carries no token. With one, a click fetches the file with it and hands the
+// bytes to the browser to save (it keeps a big blob on disk, not in memory). Resolves to an
+// error message, or null.
+export async function downloadWithToken(event, link) {
+  if (!token) return null; // no token: the link is an ordinary link
+  event.preventDefault();
+  try {
+    const answer = await fetch(link.href, { headers: authHeaders });
+    if (answer.status === 401) {
+      showAccessProblem("refused");
+      return "The server refused the access token for this download.";
+    }
+    if (!answer.ok) return `The download failed: ${answer.status} ${answer.statusText}.`;
+    const saved = URL.createObjectURL(await answer.blob());
+    const save = Object.assign(document.createElement("a"), { href: saved, download: link.text });
+    save.click();
+    setTimeout(() => URL.revokeObjectURL(saved), 60000); // the browser has started saving it
+    return null;
+  } catch (error) {
+    return `The download failed: ${error.message}.`;
+  }
 }
 
 // `onAccepted` runs each time a new token (typed in, or a new /#token=) is accepted.

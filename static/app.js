@@ -12,6 +12,7 @@ import {
   authHeaders,
   checkAccess,
   currentToken,
+  downloadWithToken,
   initAccess,
   showAccessProblem,
   socketAuth,
@@ -109,6 +110,10 @@ class Item {
     this.part("confirmed").setAttribute("aria-label", `${file.name}: confirmed by the server`);
     this.part("pause-resume").addEventListener("click", () => this.pauseOrResume());
     this.part("cancel").addEventListener("click", () => this.cancel());
+    this.part("upload-link").addEventListener("click", async (event) => {
+      const failed = await downloadWithToken(event, event.currentTarget);
+      if (failed) this.showErrors(null, failed);
+    });
     this.upload = new tus.Upload(file, {
       endpoint: settings.endpoint,
       chunkSize: settings.chunkSize,

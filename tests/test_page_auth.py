@@ -129,6 +129,12 @@ def test_a_wrong_token_is_a_clear_message_and_a_right_one_uploads(
     assert (server.data_dir / f"{row['id']}.bin").read_bytes() == source.read_bytes()
     ui.screenshot(tmp_path / "page-auth-complete.png")
 
+    # Its download link fetches with the token (a plain link would get 401).
+    with ui.page.expect_download(timeout=STEP_TIMEOUT * 1000) as download:
+        ui.page.get_by_role("link", name="report.bin").click()
+    assert download.value.suggested_filename == "report.bin"
+    assert Path(download.value.path()).read_bytes() == source.read_bytes()
+
     # Neither token ever travelled in an address.
     assert not [url for url in addresses if TOKEN in url or WRONG in url]
     assert ui.problems == []
