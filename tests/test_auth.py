@@ -362,6 +362,9 @@ def test_under_a_prefix_the_same_paths_are_open(tmp_path: Path) -> None:
             assert HTTP.get(base + path, timeout=WAIT).status_code == 200, path
         for path in ("/metrics", "/files/", "/api/files/upload/" + "A" * 22):
             assert HTTP.get(base + path, timeout=WAIT).status_code == 401, path
+        # A tus client is told it speaks to a tus server even when refused.
+        refused = HTTP.post(base + "/files/", headers=TUS, timeout=WAIT)
+        assert refused.headers["Tus-Resumable"] == "1.0.0"
         server = SimpleNamespace(url=host)
         path = "/uploads/socket.io/"
         assert not asyncio.run(connects(server, socketio_path=path))

@@ -42,7 +42,9 @@ class UnauthorizedHandler(RequestHandler):
         self.set_header("WWW-Authenticate", 'Bearer realm="formforge"')
         self.set_header("Connection", "close")
         self.set_header("Cache-Control", "no-store")
-        if self.request.path.startswith("/files"):
+        app = self.application
+        prefix = app.tokens.prefix if isinstance(app, GuardedApplication) else ""
+        if self.request.path.startswith(f"{prefix}/files"):  # a tus client's answer
             self.set_header("Tus-Resumable", "1.0.0")
         message = "a valid 'Authorization: Bearer <token>' header is required"
         self.finish(error_body(ErrorKind.UNAUTHORIZED, message))
