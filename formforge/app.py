@@ -24,6 +24,7 @@ from formforge.core.locker import Locker
 from formforge.core.service import UploadService
 from formforge.core.store import Store
 from formforge.fronts.guard import GuardedApplication
+from formforge.fronts.headers import upload_url
 from formforge.fronts.ietf import ietf_routes
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler, SafeStaticFileHandler
@@ -162,7 +163,7 @@ class FormForge:
 
     def download_url(self, upload_id: str) -> str:
         """The absolute URL of an upload, as events carry it."""
-        return f"{self.public_url or self.self_url}{self.prefix}/files/{upload_id}"
+        return upload_url(f"{self.public_url or self.self_url}{self.prefix}", upload_id)
 
     def _socketio(self) -> socketio.AsyncServer:
         settings = self.settings
@@ -177,7 +178,7 @@ class FormForge:
         p = re.escape(self.prefix)
         routes: list[Any] = [
             # The IETF draft (requests with Upload-Draft-Interop-Version) first, then tus.
-            *ietf_routes((rf"{p}/files/?", rf"{p}/files/{ID_PATTERN}/?"), front),
+            *ietf_routes((rf"{p}/files/?", rf"{p}/files/{ID_PATTERN}/?"), front, self.bus),
             (rf"{p}/files/?", TusHandler, front),
             (rf"{p}/files/{ID_PATTERN}/?", TusHandler, front),
             (rf"{p}/api/files/upload/?", RestCreateHandler, front),
