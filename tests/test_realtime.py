@@ -325,6 +325,30 @@ def test_a_bad_checksum_gives_checksum_mismatch_and_keeps_the_offset(server: Any
     run(scenario())
 
 
+def test_a_chunk_refused_before_its_body_for_its_length_gives_size_exceeded(
+    uploader: Uploader,
+) -> None:
+    """CONTRACT.md: `size-exceeded` "whether the request's length shows it before the body is
+    read or the body runs past it": a chunk whose Content-Length passes the upload's length
+    gets its 413 before a byte is read, and the room hears it; nothing is stored."""
+
+    async def scenario() -> None:
+        upload_id = await off_loop(uploader.create, 10)
+        async with watching(uploader.server) as watcher:
+            await watcher.join(upload_id)
+            status = await off_loop(uploader.send, upload_id, 0, b"x" * 20, None)
+            assert status == 413
+            error = await watcher.wait_for("uploadError", upload_id)
+            assert (error["code"], error["retryable"], error["offset"]) == (
+                "size-exceeded", False, 0
+            )
+            assert await off_loop(uploader.offset, upload_id) == 0
+            await asyncio.sleep(QUIET)
+            assert watcher.names().count("uploadError") == 1
+
+    run(scenario())
+
+
 def test_progress_never_reports_bytes_that_a_bad_checksum_drops(server: Any) -> None:
     """tus only. Progress is "as bytes are persisted": a chunk whose checksum fails is
     dropped whole, so no event may have claimed its bytes (nor may progress go backwards)."""
