@@ -23,7 +23,9 @@ from formforge.core.limits import Limits
 from formforge.core.locker import Locker
 from formforge.core.service import UploadService
 from formforge.core.store import Store
+from formforge.fronts import oversized
 from formforge.fronts.guard import GuardedApplication
+from formforge.fronts.headers import upload_url
 from formforge.fronts.ietf import ietf_routes
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler, SafeStaticFileHandler
@@ -43,9 +45,6 @@ log = logging.getLogger(__name__)
 # Tornado hands the body over in pieces of this size: ~1 MiB measured fastest here
 # (64 KiB cost 3x the CPU), and it bounds the memory one upload holds.
 CHUNK_SIZE = 1024 * 1024
-# Room for headers: Upload-Metadata up to its configured limit is answered 400 by the tus
-# front instead of Tornado dropping the connection.
-MIN_HEADER_BYTES = 256 * 1024
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ID_PATTERN = r"(?P<upload_id>.+?)"  # invalid ids get a tus-style 404 from the handler
@@ -125,14 +124,12 @@ class FormForge:
     @property
     def http_options(self) -> dict[str, Any]:
         """Keyword arguments for the host's `HTTPServer` (or `Application.listen`): bodies in
-        1 MiB pieces and room for long `Upload-Metadata` headers. Uploads work without them,
-        only slower (Tornado's 64 KiB pieces cost ~3x the CPU per byte here)."""
-        return {
-            "chunk_size": CHUNK_SIZE,
-            "max_header_size": max(
-                MIN_HEADER_BYTES, 65536 + self.settings.limits.max_metadata_bytes
-            ),
-        }
+        1 MiB pieces, and header blocks read up to a bound well past FormForge's header limit,
+        so one over the limit gets a 431 (`fronts/oversized.py`) instead of Tornado closing
+        the connection. Uploads work without them, only slower (Tornado's 64 KiB pieces cost
+        ~3x the CPU per byte here) and with Tornado's 64 KiB header limit."""
+        limit = oversized.header_limit(self.settings.limits.max_metadata_bytes)
+        return {"chunk_size": CHUNK_SIZE, "max_header_size": oversized.header_read_bound(limit)}
 
     async def start(self, self_url: str | None = None) -> None:
         """Start the background work. `self_url` is where the server listens (for example
@@ -162,7 +159,7 @@ class FormForge:
 
     def download_url(self, upload_id: str) -> str:
         """The absolute URL of an upload, as events carry it."""
-        return f"{self.public_url or self.self_url}{self.prefix}/files/{upload_id}"
+        return upload_url(f"{self.public_url or self.self_url}{self.prefix}", upload_id)
 
     def _socketio(self) -> socketio.AsyncServer:
         settings = self.settings
@@ -175,9 +172,12 @@ class FormForge:
 
     def _routes(self, front: dict[str, Any]) -> list[Any]:
         p = re.escape(self.prefix)
+        header_limit = oversized.header_limit(self.settings.limits.max_metadata_bytes)
         routes: list[Any] = [
+            # Before any front: a header block over the limit is answered 431 (see oversized).
+            oversized.oversized_headers_rule(header_limit),
             # The IETF draft (requests with Upload-Draft-Interop-Version) first, then tus.
-            *ietf_routes((rf"{p}/files/?", rf"{p}/files/{ID_PATTERN}/?"), front),
+            *ietf_routes((rf"{p}/files/?", rf"{p}/files/{ID_PATTERN}/?"), front, self.bus),
             (rf"{p}/files/?", TusHandler, front),
             (rf"{p}/files/{ID_PATTERN}/?", TusHandler, front),
             (rf"{p}/api/files/upload/?", RestCreateHandler, front),

@@ -6,10 +6,12 @@ cannot drift apart on a key's name or meaning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from formforge.core.errors import ErrorKind
+from formforge.core.metadata import split_binary
 from formforge.core.model import UploadInfo
 
 
@@ -40,7 +42,7 @@ def complete_payload(info: UploadInfo, url: str) -> dict[str, Any]:
         "uploadId": info.id,
         "size": info.size,
         "filename": info.filename,
-        "metadata": dict(info.metadata),
+        **metadata_fields(info.metadata),
         "sha256": info.sha256,
         "url": url,
     }
@@ -68,8 +70,15 @@ def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, A
         "offset": info.offset,
         "state": str(info.state),
         "percent": percent(info.offset, info.size),
-        "metadata": dict(info.metadata),
+        **metadata_fields(info.metadata),
         "createdAt": iso(info.created_at),
         "expiresAt": iso(expires_at),
         "sha256": info.sha256,
     }
+
+
+def metadata_fields(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """`metadata` as JSON carries it: every value as text, and for values that are not UTF-8
+    text (tus allows any bytes) `metadataBinary` with the base64 of their exact bytes."""
+    text, binary = split_binary(metadata)
+    return {"metadata": text, "metadataBinary": binary} if binary else {"metadata": text}

@@ -433,6 +433,47 @@ def run(scenario: Awaitable[None]) -> None:
 # ============================================================ pre-create
 
 
+def test_binary_metadata_reaches_hooks_as_text_and_base64_and_can_be_set_by_one(
+    start_server: Callable[..., Any], tmp_path: Path, end: HookEnd
+) -> None:
+    """A tus value that is not UTF-8 reaches a hook as text (U+FFFD for the bytes that are
+    not UTF-8) in `metadata` and as base64 of its exact bytes in `metadataBinary`; a
+    pre-create answer may give values the same way, and HEAD then returns those bytes."""
+    server = serve(start_server, tmp_path, end, points=(PRE, POST))
+    raw = b"na\xefve \xff.txt"  # Latin-1, not UTF-8
+    set_by_hook = b"\x00\x80\xfe"
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    end.set(PRE, answer={"metadata": {"filename": "kept.txt"},
+                         "metadataBinary": {"filename": b64(raw), "sig": b64(set_by_hook)}})
+    end.set(POST, answer={})
+    header = f"filename {b64(raw)},type {b64(b'text/plain')}"
+    response = HTTP.post(
+        server.files_url,
+        headers={**TUS, "Upload-Length": "2", "Upload-Metadata": header},
+        timeout=WAIT,
+    )
+    upload_id = tus_id(response)
+    [pre] = end.calls(PRE)
+    text = raw.decode("utf-8", "replace")
+    assert pre.payload["upload"]["metadata"] == {"filename": text, "type": "text/plain"}
+    assert pre.payload["upload"]["metadataBinary"] == {"filename": b64(raw)}
+    assert pre.payload["upload"]["filename"] == text
+
+    head = HTTP.head(server.files_url + upload_id, headers=TUS, timeout=WAIT)
+    assert head.headers["Upload-Metadata"] == f"filename {b64(raw)},sig {b64(set_by_hook)}"
+    assert tus_patch(server, upload_id, 0, b"ok").status_code == 204
+    deadline = time.monotonic() + WAIT
+    while not end.calls(POST) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [post] = end.calls(POST)
+    assert post.payload["upload"]["metadataBinary"] == {
+        "filename": b64(raw),
+        "sig": b64(set_by_hook),
+    }
+    assert post.payload["upload"]["metadata"]["sig"] == set_by_hook.decode("utf-8", "replace")
+
+
+
 def test_pre_create_gets_the_new_upload_and_the_client_request(
     start_server: Callable[..., Any], tmp_path: Path, end: HookEnd
 ) -> None:

@@ -1,6 +1,6 @@
 """The IETF draft "Resumable Uploads for HTTP" at /files/, against real server processes.
 
-- Raw-socket exchanges for every interop version we speak (3 to 8): no Python HTTP client
+- Raw-socket exchanges for every interop version we speak (3 to 10): no Python HTTP client
   exposes 1xx responses, so requests are written and every response, interim `104` and
   final, is parsed by hand. Interrupted bodies are real sockets closed mid-body.
 - The real tus-js-client 4.3.1 (tests/js/ietf-upload.mjs) with `protocol: 'ietf-draft-03'`
@@ -32,8 +32,8 @@ from tests.conftest import ServerProcess, running_server
 
 KiB = 1024
 MiB = 1024 * KiB
-VERSIONS = [3, 4, 5, 6, 7, 8]
-PROGRESS_VERSIONS = [5, 6, 7, 8]  # 104 progress responses came with draft -03 (interop 5)
+VERSIONS = [3, 4, 5, 6, 7, 8, 9, 10]
+PROGRESS_VERSIONS = [5, 6, 7, 8, 9, 10]  # 104 progress responses came with draft -03 (interop 5)
 STRICT_VERSIONS = [3, 4, 5, 6, 7]  # HEAD/DELETE carrying upload state fields get 400
 PROBLEM = "https://iana.org/assignments/http-problem-types#"
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -186,12 +186,18 @@ def problem_type(version: int, name: str) -> str:
     """The draft's problem types came with -04 (interop 6), inconsistent length with -06."""
     offsets = {"mismatching-upload-offset", "completed-upload"}
     defined = {6: offsets, 7: offsets | {"inconsistent-upload-length"}}
-    defined[8] = defined[7]
+    defined[8] = defined[9] = defined[10] = defined[7]
     return PROBLEM + name if name in defined.get(version, set()) else "about:blank"
 
 
 def lifetime_key(version: int) -> str | None:
-    return {6: "expires", 7: "max-age", 8: "max-age"}.get(version)
+    return {6: "expires", 7: "max-age", 8: "max-age", 9: "max-age", 10: "max-age"}.get(version)
+
+
+def says_incomplete_on_refusal(version: int) -> bool:
+    """From interop 7 (draft -08's general rule) an answer to a request that did not complete
+    the upload carries "Upload-Complete: ?0"; -12 names the 409 for a wrong offset."""
+    return version >= 7
 
 
 class Draft:
@@ -413,6 +419,8 @@ def test_offset_mismatch_is_409_with_problem_details(draft: Draft) -> None:
     response = draft.append(path, 3, b"xyz", complete=False)
     assert response.status == 409, response
     assert response.get("Upload-Offset") == "5"
+    if says_incomplete_on_refusal(draft.version):
+        assert response.get("Upload-Complete") == "?0", response
     problem = response.problem()
     assert problem["type"] == problem_type(draft.version, "mismatching-upload-offset")
     assert problem["expected-offset"] == 5 and problem["provided-offset"] == 3
@@ -472,6 +480,8 @@ def test_delete_cancels_the_upload(draft: Draft) -> None:
     path, _ = draft.create(b"abc", complete=False)
     _, response = draft.call("DELETE", path)
     assert response.status == 204, response
+    if says_incomplete_on_refusal(draft.version):
+        assert response.get("Upload-Complete") == "?0", response
     assert draft.head(path).status == 404
     assert draft.append(path, 3, b"d", complete=True).status == 404
 
@@ -486,6 +496,73 @@ def test_options_announces_limits(draft: Draft) -> None:
         assert response.get("Accept-Patch") == "application/partial-upload"
         limit = response.get("Upload-Limit") or ""
         assert re.fullmatch(rf"max-size=\d+, {key}=\d+", limit), response
+
+
+def test_refusals_say_the_request_did_not_complete_the_upload(draft: Draft) -> None:
+    """From interop 7 every answer to a creation or append that did not complete the upload
+    carries the completeness field set to incomplete: refusals before the body (400, 404,
+    413, 415) and after it; the 413 for a length over max-size carries Upload-Limit."""
+    path, _ = draft.create(b"abc", complete=False)
+    too_big = {**completion(draft.version, False), "Upload-Length": str(10**14)}
+    refused = {
+        "inconsistent": draft.call(
+            "POST", "/files/", {**completion(draft.version, True), "Upload-Length": "9"}, b"ab"
+        )[1],
+        "unknown upload": draft.append(path[:-3] + "zzz", 0, b"x", complete=True),
+        "over max-size": draft.call("POST", "/files/", too_big)[1],
+        "past the length": draft.append(path, 3, b"x", True, {"Upload-Length": "3"}),
+    }
+    if draft.version >= 6:
+        wrong_type = {**append_fields(draft.version, 3, True), "Content-Type": "text/plain"}
+        refused["media type"] = draft.call("PATCH", path, wrong_type, b"x")[1]
+    assert refused["over max-size"].status == 413, refused
+    if lifetime_key(draft.version) is not None:
+        assert "max-size=" in (refused["over max-size"].get("Upload-Limit") or ""), refused
+    for case, response in refused.items():
+        assert 400 <= response.status < 500, (case, response)
+        if says_incomplete_on_refusal(draft.version):
+            assert response.get("Upload-Complete") == "?0", (case, response)
+        else:
+            assert response.get("Upload-Complete") is None, (case, response)
+    assert draft.head(path).get("Upload-Offset") == "3"  # nothing was written
+
+
+def test_get_retrieves_the_offset_from_interop_9(draft: Draft) -> None:
+    """Draft -12 (interop 9) on: offset retrieval by HEAD or GET, answered alike. Before, a
+    GET of the upload URL is the download (409 while incomplete)."""
+    path, _ = draft.create(b"0123456789", complete=False)
+    _, got = draft.call("GET", path)
+    if draft.version < 9:
+        assert got.status == 409, got  # the tus download of an unfinished upload
+        return
+    assert got.status == 204 and got.body == b"", got
+    assert got.get("Upload-Offset") == "10" and got.get("Upload-Complete") == "?0", got
+    assert got.get("Cache-Control") == "no-store"
+    assert re.search(r"max-size=\d+, max-age=\d+", got.get("Upload-Limit") or ""), got
+    draft.append(path, 10, b"", complete=True)
+    _, done = draft.call("GET", path)
+    assert (done.status, done.get("Upload-Complete")) == (204, "?1"), done
+    assert done.get("Upload-Length") == "10"
+    assert download(draft.server, path).content == b"0123456789"  # without the version
+
+
+def test_an_append_without_the_completeness_field(draft: Draft) -> None:
+    """Interop 10 (draft -13 on) refuses an append without Upload-Complete (400, nothing
+    stored); 4 to 9 take it as not completing the upload, 3 (a missing Upload-Incomplete)
+    as completing it."""
+    path, _ = draft.create(b"ab", complete=False)
+    fields = append_fields(draft.version, 2, complete=False)
+    fields.pop("Upload-Complete", None)
+    fields.pop("Upload-Incomplete", None)
+    _, response = draft.call("PATCH", path, fields, b"cd")
+    if draft.version >= 10:
+        assert response.status == 400, response
+        assert "Upload-Complete" in response.problem()["detail"]
+        assert draft.head(path).get("Upload-Offset") == "2"
+    else:
+        assert response.status == append_status(draft.version), response
+        assert response.get("Upload-Offset") == "4"
+        assert says_complete(draft.version, response) == (draft.version == 3), response
 
 
 # --------------------------------------------------------------------------- the length
@@ -740,15 +817,16 @@ def test_a_slow_creation_announces_then_reports_progress(shared_server: ServerPr
 # --------------------------------------------------------------------------- HTTP edges
 
 
-def test_expect_100_continue_gets_both_interim_responses(shared_server: ServerProcess) -> None:
-    """The draft: a 104 does not replace the 100 (Continue) the client asked for."""
-    draft = Draft(shared_server, 6)
+@pytest.mark.parametrize("version", [6, 9, 10], ids=lambda v: f"interop{v}")
+def test_expect_100_continue_gets_both_interim_responses(
+    shared_server: ServerProcess, version: int
+) -> None:
+    """The draft (-10 on): "the server MUST NOT omit the `100 (Continue)` response because it
+    has sent an interim response with the `104 (Upload Resumption Supported)` status code"."""
+    draft = Draft(shared_server, version)
     with draft.wire() as wire:
-        wire.start(
-            "POST",
-            "/files/",
-            draft.fields({**completion(6, True), "Content-Length": "5", "Expect": "100-continue"}),
-        )
+        fields = {**completion(version, True), "Content-Length": "5", "Expect": "100-continue"}
+        wire.start("POST", "/files/", draft.fields(fields))
         statuses = [wire.response().status, wire.response().status]
         wire.send(b"hello")
         _, final = wire.exchange()
@@ -779,7 +857,7 @@ def test_an_unknown_interop_version_is_a_plain_upload(shared_server: ServerProce
     assert draft.head(path_of(final)).status == 400
     refused = draft.append(path_of(final), 5, b"more", complete=True)
     assert refused.status == 400, refused
-    assert "3, 4, 5, 6, 7, 8" in refused.problem()["detail"]
+    assert "3, 4, 5, 6, 7, 8, 9, 10" in refused.problem()["detail"]
 
 
 def test_filename_and_type_come_from_the_representation(shared_server: ServerProcess) -> None:

@@ -325,6 +325,54 @@ def test_a_bad_checksum_gives_checksum_mismatch_and_keeps_the_offset(server: Any
     run(scenario())
 
 
+def test_a_chunk_refused_before_its_body_for_its_length_gives_size_exceeded(
+    uploader: Uploader,
+) -> None:
+    """CONTRACT.md: `size-exceeded` "whether the request's length shows it before the body is
+    read or the body runs past it": a chunk whose Content-Length passes the upload's length
+    gets its 413 before a byte is read, and the room hears it; nothing is stored."""
+
+    async def scenario() -> None:
+        upload_id = await off_loop(uploader.create, 10)
+        async with watching(uploader.server) as watcher:
+            await watcher.join(upload_id)
+            status = await off_loop(uploader.send, upload_id, 0, b"x" * 20, None)
+            assert status == 413
+            error = await watcher.wait_for("uploadError", upload_id)
+            assert (error["code"], error["retryable"], error["offset"]) == (
+                "size-exceeded", False, 0
+            )
+            assert await off_loop(uploader.offset, upload_id) == 0
+            await asyncio.sleep(QUIET)
+            assert watcher.names().count("uploadError") == 1
+
+    run(scenario())
+
+
+def test_upload_complete_carries_binary_metadata_as_text_and_base64(server: Any) -> None:
+    """A tus metadata value that is not UTF-8: `filename` and `metadata` show it as text
+    (U+FFFD for the bytes that are not UTF-8), `metadataBinary` has its exact bytes."""
+    raw = b"\xc0\xff video.mp4"
+
+    async def scenario() -> None:
+        headers = {"Tus-Resumable": "1.0.0", "Upload-Length": "3",
+                   "Upload-Metadata": f"filename {b64(raw)},kind {b64(b'clip')}"}
+        created = await off_loop(
+            lambda: HTTP.post(server.files_url, headers=headers, timeout=WAIT))
+        assert created.status_code == 201, created.text
+        upload_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+        async with watching(server) as watcher:
+            await watcher.join(upload_id)
+            assert await off_loop(TusUploader(server).send, upload_id, 0, b"abc", 3) == 204
+            complete = await watcher.wait_for("uploadComplete", upload_id)
+        text = raw.decode("utf-8", "replace")
+        assert complete["filename"] == text
+        assert complete["metadata"] == {"filename": text, "kind": "clip"}
+        assert complete["metadataBinary"] == {"filename": base64.b64encode(raw).decode()}
+
+    run(scenario())
+
+
 def test_progress_never_reports_bytes_that_a_bad_checksum_drops(server: Any) -> None:
     """tus only. Progress is "as bytes are persisted": a chunk whose checksum fails is
     dropped whole, so no event may have claimed its bytes (nor may progress go backwards)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import string
 import time
 from collections.abc import Iterator
@@ -570,6 +571,21 @@ def test_metadata_not_a_string_map_is_400(server: ServerProcess, http: requests.
                          timeout=TIMEOUT)
     body = expect_error(response, 400, "bad-request")
     assert "metadata" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("raw", ['"\\udcff"', '"\\ud800"', '"a\\udfff"'],
+                         ids=["escaped-byte", "high-surrogate", "low-surrogate"])
+@pytest.mark.parametrize("place", ["value", "filename"])
+def test_metadata_that_is_not_unicode_text_is_400(server: ServerProcess, http: requests.Session,
+                                                 raw: str, place: str) -> None:
+    """JSON strings with a lone surrogate are not text (binary values come from tus only)."""
+    fields = {"filename": raw} if place == "filename" else {"filename": '"a"', "k": raw}
+    metadata = f', "metadata": {{"k": {fields["k"]}}}' if "k" in fields else ""
+    document = f'{{"filename": {fields["filename"]}, "size": 1{metadata}}}'  # raw JSON escapes
+    before = set(os.listdir(server.data_dir))
+    response = http.post(f"{server.url}/api/files/upload", data=document, timeout=TIMEOUT)
+    expect_error(response, 400, "invalid-metadata")
+    assert set(os.listdir(server.data_dir)) == before
 
 
 @pytest.mark.parametrize("metadata", [[], "", 0, False],

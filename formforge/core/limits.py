@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from formforge.core.errors import ErrorKind, UploadError
-from formforge.core.metadata import check_key, encode_metadata
+from formforge.core.metadata import check_key, encode_metadata, is_storable
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,11 @@ class Limits:
             )
 
     def check_metadata(self, metadata: dict[str, str]) -> None:
-        for key in metadata:
+        for key, value in metadata.items():
             check_key(key)
+            if not is_storable(value):  # a lone surrogate no bytes made (JSON "\\ud800")
+                message = f"metadata value of {key!r} is not text"
+                raise UploadError(ErrorKind.INVALID_METADATA, message)
         if len(encode_metadata(metadata).encode()) > self.max_metadata_bytes:
             raise UploadError(
                 ErrorKind.INVALID_METADATA,

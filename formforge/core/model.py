@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from formforge.core.metadata import filename_of
+
 
 class UploadState(enum.StrEnum):
     UPLOADING = "uploading"
@@ -67,5 +69,5 @@ class UploadInfo:
 
     @property
     def filename(self) -> str | None:
-        """What clients named the file (tus-js-client and Uppy send `filename`, some `name`)."""
-        return self.metadata.get("filename") or self.metadata.get("name")
+        """What clients named the file, as text (see `metadata.filename_of`)."""
+        return filename_of(self.metadata)

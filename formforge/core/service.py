@@ -226,6 +226,10 @@ class UploadService:
         )
         try:
             info = await self._writable(request)
+        except UploadError as error:
+            await lock.release()
+            self._publish_refusal(request, error)
+            raise
         except BaseException:
             await lock.release()
             raise
@@ -384,6 +388,13 @@ class UploadService:
     ) -> None:
         elapsed = max(time.monotonic() - start, 1e-6)
         self.bus.publish(UploadProgress(upload_id, offset, size, count / elapsed))
+
+    def _publish_refusal(self, request: WriteRequest, error: UploadError) -> None:
+        """A write refused before its body is read tells the upload's room too, where the
+        contract lists the error for `uploadError`: the request's length already shows the
+        body would pass the upload's length (413), as a body running past it would."""
+        if error.kind is ErrorKind.SIZE_EXCEEDED:
+            self.publish_failure(request.upload_id, error.kind, error.message, request.offset)
 
     def publish_failure(self, upload_id: str, kind: ErrorKind, message: str, offset: int) -> None:
         self.bus.publish(UploadFailed(upload_id, kind, message, offset))

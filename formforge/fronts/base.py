@@ -12,6 +12,7 @@ from tornado.web import HTTPError, RequestHandler
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.hooks import RequestInfo
 from formforge.core.service import UploadService
+from formforge.fronts.headers import upload_url
 from formforge.fronts.throughput import Throughput
 from formforge.logs import current_request_id
 
@@ -91,7 +92,7 @@ class FrontHandler(RequestHandler):
 
     def upload_url(self, upload_id: str) -> str:
         """The upload's URL: tus and the IETF draft at it, and its download."""
-        return f"{self.base_url()}/files/{upload_id}"
+        return upload_url(self.base_url(), upload_id)
 
     # -- errors --------------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ def content_type(info: UploadInfo) -> str:
 
 def content_disposition(info: UploadInfo, mime: str) -> str:
     disposition = "inline" if mime in INLINE_SAFE_TYPES else "attachment"
-    name = info.metadata.get("filename") or info.metadata.get("name") or info.id
+    # As text: a name whose bytes are not UTF-8 (tus allows any) shows them as U+FFFD.
+    name = info.filename or info.id
     name = name.replace("/", "_").replace("\\", "_")
     # An ASCII fallback without quotes or controls, and the exact name per RFC 6266/5987.
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"%' else "_" for c in name)

@@ -13,6 +13,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from formforge.core.errors import ErrorKind, UploadError
+from formforge.core.metadata import is_text
 from formforge.core.model import UploadInfo
 from formforge.core.write_request import WriteRequest
 from formforge.fronts.base import FrontHandler
@@ -170,6 +171,9 @@ def _parse_creation(raw: bytes) -> tuple[int | None, dict[str, str]]:
         isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
     ):
         raise UploadError(ErrorKind.BAD_REQUEST, "metadata must map strings to strings")
+    # JSON strings are text: one with a lone surrogate (`"\\udcff"`) names no bytes.
+    if not all(map(is_text, [filename, mime or "", *extra, *extra.values()])):
+        raise UploadError(ErrorKind.INVALID_METADATA, "metadata must be Unicode text")
     metadata = {**extra, "filename": filename}
     if mime:
         metadata["filetype"] = mime

@@ -26,6 +26,7 @@ from formforge.fronts.download import (
     is_fresh,
     parse_range,
 )
+from formforge.fronts.headers import has_body, media_type, require_id
 from formforge.fronts.streaming import StreamingWriteHandler
 
 TUS_VERSION = "1.0.0"
@@ -75,7 +76,7 @@ class TusHandler(StreamingWriteHandler):
             await self._start_creation()
 
     async def _start_patch(self, upload_id: str) -> None:
-        if _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
+        if media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
             raise UploadError(
                 ErrorKind.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {OFFSET_TYPE}"
             )
@@ -112,11 +113,11 @@ class TusHandler(StreamingWriteHandler):
             return
         role = _concat_role(concat)
         size = self._creation_size()
-        has_body = self._has_body()
-        if has_body:
+        with_body = has_body(self.request.headers, self._header_int("Content-Length"))
+        if with_body:
             self._check_creation_body(size)
         self.created = await self.service.create(size, metadata, role, self.request_info())
-        if has_body:
+        if with_body:
             await self._start_write(self.created.id, 0, None)
 
     def _creation_size(self) -> int | None:
@@ -133,7 +134,7 @@ class TusHandler(StreamingWriteHandler):
 
     def _check_creation_body(self, size: int | None) -> None:
         """Everything that could refuse the body, checked before the upload is created."""
-        if _media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
+        if media_type(self.request.headers.get("Content-Type")) != OFFSET_TYPE:
             raise UploadError(
                 ErrorKind.UNSUPPORTED_MEDIA_TYPE,
                 f"a creation body needs Content-Type {OFFSET_TYPE}",
@@ -142,11 +143,6 @@ class TusHandler(StreamingWriteHandler):
         length = self._header_int("Content-Length")
         if size is not None and length is not None and length > size:
             raise UploadError(ErrorKind.SIZE_EXCEEDED, "the body goes past Upload-Length")
-
-    def _has_body(self) -> bool:
-        return (
-            self._header_int("Content-Length") or 0
-        ) > 0 or "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
 
     # -- methods ---------------------------------------------------------------------------
 
@@ -177,7 +173,7 @@ class TusHandler(StreamingWriteHandler):
         self.set_status(201)
 
     async def head(self, upload_id: str | None = None) -> None:
-        info = await self.service.get(self._require_id(upload_id))
+        info = await self.service.get(require_id(upload_id))
         self.set_header("Cache-Control", "no-store")
         self.set_header("Upload-Offset", str(info.offset))
         if info.size is None:
@@ -206,11 +202,11 @@ class TusHandler(StreamingWriteHandler):
         self.set_status(204)
 
     async def delete(self, upload_id: str | None = None) -> None:
-        await self.service.terminate(self._require_id(upload_id), self.request_info())
+        await self.service.terminate(require_id(upload_id), self.request_info())
         self.set_status(204)
 
     async def get(self, upload_id: str | None = None) -> None:
-        info, reader = await self.service.open_download(self._require_id(upload_id))
+        info, reader = await self.service.open_download(require_id(upload_id))
         assert info.size is not None
         etag = entity_tag(info)
         self.set_header("Cache-Control", DOWNLOAD_CACHE_CONTROL)
@@ -246,11 +242,6 @@ class TusHandler(StreamingWriteHandler):
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{error.message}\n")
 
-    def _require_id(self, upload_id: str | None) -> str:
-        if not upload_id:
-            raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "this method needs an upload URL")
-        return upload_id
-
     def _header_int(self, name: str, *, required: bool = False) -> int | None:
         raw = self.request.headers.get(name)
         if raw is None:
@@ -265,10 +256,6 @@ class TusHandler(StreamingWriteHandler):
         expires = self.service.expires_at(info)
         if expires is not None:
             self.set_header("Upload-Expires", format_datetime(expires, usegmt=True))
-
-
-def _media_type(header: str | None) -> str:
-    return (header or "").split(";", 1)[0].strip().lower()
 
 
 def _concat_role(header: str | None) -> ConcatRole | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from formforge.core.metadata import filename_of
 from formforge.core.model import UploadInfo
+from formforge.wire import metadata_fields
 
 
 def hook_upload(info: UploadInfo) -> dict[str, Any]:
@@ -14,7 +16,7 @@ def hook_upload(info: UploadInfo) -> dict[str, Any]:
         "size": info.size,
         "offset": info.offset,
         "filename": info.filename,
-        "metadata": dict(info.metadata),
+        **metadata_fields(info.metadata),
     }
     if info.sha256:
         payload["sha256"] = info.sha256
@@ -26,6 +28,6 @@ def hook_new_upload(size: int | None, metadata: dict[str, str]) -> dict[str, Any
     return {
         "size": size,
         "offset": 0,
-        "filename": metadata.get("filename"),
-        "metadata": dict(metadata),
+        "filename": filename_of(metadata),
+        **metadata_fields(metadata),
     }

@@ -15,6 +15,7 @@ from typing import Any
 
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.hooks import PRE_CREATE, HookFailed, RequestInfo
+from formforge.core.metadata import binary_values, is_text
 from formforge.core.model import UploadInfo
 from formforge.hooks.command import call_command
 from formforge.hooks.http import call_http
@@ -63,13 +64,12 @@ class HookRunner:
     ) -> dict[str, str]:
         """Each target may reject (its 4xx and message reach the client) or replace the
         metadata, which the next target then sees. A failing target rejects with 503."""
-        upload = hook_new_upload(size, metadata)
         metadata = dict(metadata)
         for target in self.targets.get(PRE_CREATE, ()):
             try:
-                answer = await self._call(
-                    PRE_CREATE, target, {**upload, "metadata": metadata}, request
-                )
+                # Each target sees the metadata as the targets before it left it.
+                upload = hook_new_upload(size, metadata)
+                answer = await self._call(PRE_CREATE, target, upload, request)
             except HookFailed as error:
                 raise UploadError(
                     ErrorKind.HOOK_FAILED, "the upload could not be checked; try again later"
@@ -119,8 +119,20 @@ def _apply_pre_create_answer(answer: dict[str, Any], metadata: dict[str, str]) -
     replaced = answer.get("metadata")
     if replaced is None:
         return metadata
-    if not isinstance(replaced, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in replaced.items()
-    ):
+    binary = answer.get("metadataBinary") or {}
+    if not _is_text_map(replaced) or not _is_text_map(binary):
         raise UploadError(ErrorKind.HOOK_FAILED, "a pre-create hook answered bad metadata")
-    return dict(replaced)
+    try:
+        # Text values as given; a value that is not text comes back as base64 of its bytes.
+        return {**replaced, **binary_values(binary)}
+    except UploadError:
+        message = "a pre-create hook answered bad metadataBinary"
+        raise UploadError(ErrorKind.HOOK_FAILED, message) from None
+
+
+def _is_text_map(value: Any) -> bool:
+    """A JSON object of strings that are Unicode text (a lone surrogate is not)."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) and is_text(k) and is_text(v)
+        for k, v in value.items()
+    )

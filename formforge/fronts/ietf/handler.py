@@ -1,15 +1,4 @@
-"""The IETF draft "Resumable Uploads for HTTP" (draft-ietf-httpbis-resumable-upload) at /files/.
-
-A request that carries `Upload-Draft-Interop-Version` is routed here (`ietf_routes`, placed
-before the tus routes); every other request to /files/ stays with the tus front, and so do
-downloads (GET). Both fronts call the same upload service: a draft upload has the same store,
-lock, events, hooks and expiry as a tus one, and the same URL.
-
-Interop versions (`ietf_interop.py`). Clients name the draft revision they speak; what
-differs between the revisions is one row of `INTEROP`, read here, never tested by number.
-A creation in a version we do not know is served as a plain, non-resumable upload (no 104,
-the body is the whole file), which is what the draft asks of servers that do not take part;
-other requests in an unknown version get 400.
+"""The draft's requests at /files/: creation, offset retrieval, append, cancellation, OPTIONS.
 
 Completion. An upload is complete only once a request that says so (`Upload-Complete: ?1`,
 `Upload-Incomplete: ?0` in version 3) had its body end normally. Uploads are created with a
@@ -29,25 +18,12 @@ Concurrency. A new append or HEAD stops a request still writing to the upload, e
 receiving bytes (the draft's recommended approach; see `head`): what it received stays. The
 tus front stops only a stalled one, and answers 423 otherwise, which draft clients do not retry.
 
-104 interim responses. Tornado has no API for 1xx responses, so `InterimResponses` writes
-them as raw bytes on the connection's IOStream (`HTTP1Connection.stream`):
-
-- only to HTTP/1.1 requests of a known interop version (1xx must not go to HTTP/1.0, and the
-  draft forbids 104 for a missing or other version); each carries the client's version;
-- the first, with `Location` (and `Upload-Limit` where the version has it), as soon as the
-  upload exists, still inside `prepare`: before any byte of the body is read, since Tornado
-  reads the body (and answers `Expect: 100-continue`) only after `prepare`. If the write then
-  cannot start (423, 503), the client already knows where to resume;
-- progress ones, `Upload-Offset` only, where the version has them: a task wakes every
-  `PROGRESS_INTERVAL_SECONDS`, and only if new bytes arrived asks the service for the upload's
-  stored offset (what the store reports, so a later HEAD never says less) and sends it if it
-  grew. Progress stops when the body ends;
-- never interleaved with the final response. IOStream writes go out in the order they are
-  queued and each 104 is one synchronous `write`, so the one rule is that no 104 may be queued
-  after the final response's status line. Every final response (success or error) writes it
-  in `flush`, which closes the gate first; the method handlers also close it as soon as the
-  body is complete, and the progress task re-checks the gate after each await and is
-  cancelled on close.
+Interim responses (`interim.py`): the first 104, with `Location` (and `Upload-Limit` where the
+version has it), goes out as soon as the upload exists, still inside `prepare`: before any
+byte of the body is read, since Tornado reads the body (and answers `Expect: 100-continue`,
+which the draft says a 104 must not replace) only after `prepare`. If the write then cannot
+start (423, 503), the client already knows where to resume. Every final response (success or
+error) is written in `flush`, which closes the interim gate first.
 """
 
 from __future__ import annotations
@@ -55,16 +31,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from email.message import Message
-from email.utils import collapse_rfc2231_value
-from http.client import responses
 from typing import Any
 
-from tornado.httputil import HTTPServerRequest
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.routing import PathMatches, Rule
 from tornado.web import stream_request_body
 
 from formforge.core.body import BodyStream
@@ -72,26 +41,30 @@ from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.metadata import parse_metadata
 from formforge.core.model import UploadInfo
 from formforge.core.write_request import WriteRequest
-from formforge.fronts.ietf_interop import (
+from formforge.fronts.headers import (
+    disposition_filename,
+    has_body,
+    media_type,
+    require_id,
+)
+from formforge.fronts.ietf.interim import (
+    VERSION_FIELD,
+    InterimResponses,
+    ProgressRelay,
+    relay_progress,
+)
+from formforge.fronts.ietf.interop import INTEROP, LATEST, Variant, sf_integer, variant_for
+from formforge.fronts.ietf.problems import (
     COMPLETED_UPLOAD,
     INCONSISTENT_LENGTH,
-    INTEROP,
-    LATEST,
-    MISMATCHING_OFFSET,
-    PROBLEM_BASE,
-    PROBLEM_TITLES,
-    Variant,
-    sf_integer,
-    variant_for,
+    inconsistent,
+    problem_document,
 )
 from formforge.fronts.streaming import StreamingWriteHandler
 
 log = logging.getLogger(__name__)
 
-VERSION_FIELD = "Upload-Draft-Interop-Version"
 PARTIAL_UPLOAD = "application/partial-upload"
-INTERIM_STATUS_LINE = "HTTP/1.1 104 Upload Resumption Supported"
-PROGRESS_INTERVAL_SECONDS = 0.25  # at most four progress 104s a second per request
 CREATION_METHODS = frozenset({"POST", "PUT"})
 # Content types that say nothing about the file: ours, or what a client adds when the app
 # set none (Foundation's default for a request with a body).
@@ -100,72 +73,9 @@ NOT_FILE_TYPES = frozenset(
 )
 
 
-# -- routing -------------------------------------------------------------------------------
-
-
-class DraftRequests(PathMatches):
-    """A /files/ path, for requests of the draft; GET (a download) stays with tus."""
-
-    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
-        if VERSION_FIELD not in request.headers or request.method == "GET":
-            return None
-        return super().match(request)
-
-
-def ietf_routes(patterns: Sequence[str], kwargs: dict[str, Any]) -> list[Rule]:
-    """Rules for the route table, placed before the tus routes of the same patterns."""
-    return [Rule(DraftRequests(pattern), IetfHandler, kwargs) for pattern in patterns]
-
-
-# -- 104 interim responses -----------------------------------------------------------------
-
-
-class InterimResponses:
-    """`104 (Upload Resumption Supported)` responses on one HTTP/1.1 connection, until the
-    final response starts (`close`). See the module docstring for why this is safe."""
-
-    def __init__(self, stream: IOStream, version: int) -> None:
-        self._stream = stream
-        self._version = version
-        self._open = True
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.sent = 0
-
-    def send(self, fields: Mapping[str, str]) -> bool:
-        """Queue one interim response; False once closed (nothing is sent then)."""
-        if not self._open or self._stream.closed():
-            return False
-        if any("\r" in value or "\n" in value for value in fields.values()):
-            raise ValueError("a field value of an interim response spans lines")
-        lines = [INTERIM_STATUS_LINE, f"{VERSION_FIELD}: {self._version}"]
-        lines += [f"{name}: {value}" for name, value in fields.items()]
-        try:
-            self._stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        except StreamClosedError:
-            self._open = False
-            return False
-        self.sent += 1
-        return True
-
-    def run(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run a task that sends interim responses; `close` cancels it."""
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def close(self) -> None:
-        """The final response owns the connection from now on."""
-        self._open = False
-        for task in list(self._tasks):
-            task.cancel()
-
-
-# -- the handler -----------------------------------------------------------------------------
-
-
 @stream_request_body
 class IetfHandler(StreamingWriteHandler):
-    SUPPORTED_METHODS = ("OPTIONS", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    SUPPORTED_METHODS = ("OPTIONS", "HEAD", "GET", "POST", "PUT", "PATCH", "DELETE")
 
     variant: Variant = LATEST
     interim: InterimResponses | None = None
@@ -173,6 +83,12 @@ class IetfHandler(StreamingWriteHandler):
     completes = False  # the request says it ends the upload
     length: int | None = None  # the upload length the request indicates
     provided_offset: int | None = None
+
+    def initialize(  # type: ignore[override]  # the fronts' collaborators, and the relay
+        self, progress: ProgressRelay, **front: Any
+    ) -> None:
+        super().initialize(**front)
+        self.progress = progress
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -197,44 +113,59 @@ class IetfHandler(StreamingWriteHandler):
             await self._start_creation()
         elif upload_id and method == "PATCH":
             await self._start_append(upload_id)
-        elif upload_id and method in ("HEAD", "DELETE"):
+        elif upload_id and method in ("HEAD", "GET", "DELETE"):
             self._refuse_state_fields()
 
     async def _start_creation(self) -> None:
         self.completes = self.variant.completeness.requested(self.request.headers)
-        self.length = self._indicated_length(0)
+        self.length = self._indicated_length(0, creating=True)
         self.created = await self.service.create(
             None, self._creation_metadata(), None, self.request_info(), intended_length=self.length
         )
         # Announced as soon as it exists: a client cut off from here on can resume.
+        # Draft: the 104 "MUST include `Location` ... and MUST include the `Upload-Limit`
+        # header field with the corresponding limits ... if existing".
         fields = {"Location": self.upload_url(self.created.id)}
         limit = self._upload_limit(self.created)
         if limit is not None:
             fields["Upload-Limit"] = limit
         if self.interim is not None:
             self.interim.send(fields)
-        if self._has_body():
+        if has_body(self.request.headers, self._content_length()):
             await self._start_write(self.created.id, 0)
 
     async def _start_append(self, upload_id: str) -> None:
-        media_type = _media_type(self.request.headers.get("Content-Type"))
-        if self.variant.partial_upload_type and media_type != PARTIAL_UPLOAD:
+        headers = self.request.headers
+        if self.variant.partial_upload_type and media_type(headers.get("Content-Type")) != (
+            PARTIAL_UPLOAD
+        ):
             raise UploadError(
                 ErrorKind.UNSUPPORTED_MEDIA_TYPE, f"an append needs Content-Type {PARTIAL_UPLOAD}"
             )
-        self.provided_offset = sf_integer(self.request.headers.get("Upload-Offset"))
+        self.provided_offset = sf_integer(headers.get("Upload-Offset"))
         if self.provided_offset is None:
             raise UploadError(ErrorKind.BAD_REQUEST, "Upload-Offset is missing or invalid")
-        self.completes = self.variant.completeness.requested(self.request.headers)
+        self._require_completeness()
+        self.completes = self.variant.completeness.requested(headers)
         info = await self.service.get(upload_id)
         if info.is_complete:
             # Draft: never modify a complete upload; bytes for it are an inconsistent length.
-            problem = INCONSISTENT_LENGTH if self._has_body() else COMPLETED_UPLOAD
+            with_body = has_body(headers, self._content_length())
+            problem = INCONSISTENT_LENGTH if with_body else COMPLETED_UPLOAD
             raise UploadError(ErrorKind.BAD_REQUEST, "the upload is complete", problem=problem)
         # The service checks under the lock that this agrees with the length said before.
-        indicated = self._indicated_length(self.provided_offset)
+        indicated = self._indicated_length(self.provided_offset, creating=False)
         self.length = info.intended_length if indicated is None else indicated
         await self._start_write(upload_id, self.provided_offset)
+
+    def _require_completeness(self) -> None:
+        """Interop 10: "The request MUST include the `Upload-Complete` header field"."""
+        completeness = self.variant.completeness
+        missing = completeness.value(self.request.headers) is None
+        if self.variant.append_needs_completeness and completeness.header and missing:
+            raise UploadError(
+                ErrorKind.BAD_REQUEST, f"an append needs {completeness.header}: ?0 or ?1"
+            )
 
     async def _start_write(self, upload_id: str, offset: int) -> None:
         request = WriteRequest(
@@ -247,29 +178,8 @@ class IetfHandler(StreamingWriteHandler):
         # The body may not take the upload past its indicated length, or past max_size.
         limit = self.service.limits.max_size if self.length is None else self.length
         await self.start_body_write(request, max(limit - offset, 0))
-        interim = self.interim
-        if interim is not None and self.variant.progress_interim and self.body is not None:
-            interim.run(self._report_progress(interim, upload_id, offset, self.body))
-
-    async def _report_progress(
-        self, interim: InterimResponses, upload_id: str, offset: int, body: BodyStream
-    ) -> None:
-        """Progress 104s while the body streams: the stored offset, when it grew."""
-        seen = body.received
-        while body.end is None:
-            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
-            if body.received == seen:
-                continue  # nothing new: no need to ask the store
-            seen = body.received
-            try:
-                stored = (await self.service.get(upload_id)).offset
-            except UploadError:
-                return  # terminated or gone meanwhile; the final response says so
-            if stored <= offset or body.end is not None:
-                continue
-            if not interim.send({"Upload-Offset": str(stored)}):
-                return
-            offset = stored
+        if self.interim is not None and self.variant.progress_interim:
+            relay_progress(self.progress, self.interim, upload_id, offset)
 
     def _refuse_state_fields(self) -> None:
         if not self.variant.strict_state_fields:
@@ -287,6 +197,8 @@ class IetfHandler(StreamingWriteHandler):
         if self.is_preflight():
             self.answer_preflight()
             return
+        # Draft: "the server MUST include the `Accept-Patch` header field"; Upload-Limit
+        # "SHOULD be included ... if limits apply" (required here from interop 9 on).
         if self.variant.partial_upload_type:
             self.set_header("Accept-Patch", PARTIAL_UPLOAD)
         limit = self._upload_limit(None)
@@ -318,7 +230,7 @@ class IetfHandler(StreamingWriteHandler):
         # request" (a client asks anew only once it gave up on that one), and the offset sent
         # "MUST be accepted in a subsequent request to append". If the earlier request does
         # not let go in time, say what is stored rather than 423, which clients do not retry.
-        upload_id = self._require_id(upload_id)
+        upload_id = require_id(upload_id)
         try:
             info = await self.service.stop_writing(upload_id)
         except UploadError as error:
@@ -329,9 +241,14 @@ class IetfHandler(StreamingWriteHandler):
         self._describe(info)
         self.set_status(204)
 
+    async def get(self, upload_id: str | None = None) -> None:
+        # Routed here only in versions where GET retrieves the offset (see `routes`).
+        await self.head(upload_id)
+
     async def delete(self, upload_id: str | None = None) -> None:
         # The service's forced lock take-over stops a write in flight, as the draft asks.
-        await self.service.terminate(self._require_id(upload_id), self.request_info())
+        await self.service.terminate(require_id(upload_id), self.request_info())
+        self._say_incomplete()
         self.set_status(204)
 
     # -- request end -----------------------------------------------------------------------
@@ -386,6 +303,13 @@ class IetfHandler(StreamingWriteHandler):
         if limit is not None:
             self.set_header("Upload-Limit", limit)
 
+    def _say_incomplete(self) -> None:
+        """This request did not complete the upload (from interop 7: -08's general rule;
+        -12 names the 409 for a wrong offset)."""
+        field = self.variant.completeness.field(False)
+        if self.variant.incomplete_on_refusal and field is not None:
+            self.set_header(*field)
+
     def _upload_limit(self, info: UploadInfo | None) -> str | None:
         """`Upload-Limit` where the version has it: max-size, and the remaining lifetime of
         `info` (of a new upload when None; none once complete)."""
@@ -403,47 +327,40 @@ class IetfHandler(StreamingWriteHandler):
     def render_error(self, error: UploadError) -> None:
         if error.kind in (ErrorKind.TERMINATED, ErrorKind.EXPIRED):
             self.set_status(404)  # draft: an upload resource that is not active is a 404
+        # Draft: the 409 "MUST include the correct offset in the `Upload-Offset` header field".
         if error.kind is ErrorKind.OFFSET_MISMATCH and "offset" in error.details:
             self.set_header("Upload-Offset", str(error.details["offset"]))
+        # Draft: a 413 "as a result of its upload limits MUST include the Upload-Limit header".
         limit = self._upload_limit(None)
         if error.kind is ErrorKind.SIZE_EXCEEDED and limit is not None:
             self.set_header("Upload-Limit", limit)
+        self._say_incomplete()
         self.set_header("Content-Type", "application/problem+json")
-        self.finish(json.dumps(self._problem(error)))
-
-    def _problem(self, error: UploadError) -> dict[str, Any]:
-        """RFC 9457 problem details: the draft's type where this version defines one."""
-        status = self.get_status()
-        mismatch = error.kind is ErrorKind.OFFSET_MISMATCH
-        name = error.details.get("problem") or _problem_name(error)
-        problem: dict[str, Any] = {"type": "about:blank", "title": responses.get(status, "")}
-        if name in self.variant.problem_types:
-            problem = {"type": PROBLEM_BASE + name, "title": PROBLEM_TITLES[name]}
-        problem.update(status=status, detail=error.message, code=error.kind.code)
-        if mismatch:
-            problem["expected-offset"] = error.details.get("offset")
-            problem["provided-offset"] = self.provided_offset
-        return problem
+        problem = problem_document(
+            error, self.get_status(), self.variant.problem_types, self.provided_offset
+        )
+        self.finish(json.dumps(problem))
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _indicated_length(self, offset: int) -> int | None:
+    def _indicated_length(self, offset: int, *, creating: bool) -> int | None:
         """The upload length this request indicates: `Upload-Length`, or the offset plus
         `Content-Length` of a request that completes the upload. Both must agree, with each
-        other and with the body."""
+        other and with the body. An append's length is checked against max_size by the
+        service, which tells the upload's room when it refuses it."""
         declared = sf_integer(self.request.headers.get("Upload-Length"))
         content_length = self._content_length()
         implied = None
         if self.completes and content_length is not None:
             implied = offset + content_length
         if declared is not None and implied is not None and declared != implied:
-            raise _inconsistent(f"Upload-Length {declared} but the request ends at {implied}")
+            raise inconsistent(f"Upload-Length {declared} but the request ends at {implied}")
         length = implied if declared is None else declared
         if length is None:
             return None
         if length < offset + (content_length or 0):
-            raise _inconsistent(f"the request goes past the upload length {length}")
-        if length > self.service.limits.max_size:
+            raise inconsistent(f"the request goes past the upload length {length}")
+        if creating and length > self.service.limits.max_size:
             raise UploadError(
                 ErrorKind.SIZE_EXCEEDED, f"the upload is larger than {self.service.limits.max_size}"
             )
@@ -455,10 +372,10 @@ class IetfHandler(StreamingWriteHandler):
         metadata = parse_metadata(
             headers.get("Upload-Metadata", ""), self.service.limits.max_metadata_bytes
         )
-        media_type = _media_type(headers.get("Content-Type"))
-        if media_type and media_type not in NOT_FILE_TYPES:
-            metadata.setdefault("filetype", media_type)
-        filename = _filename(headers.get("Content-Disposition"))
+        file_type = media_type(headers.get("Content-Type"))
+        if file_type and file_type not in NOT_FILE_TYPES:
+            metadata.setdefault("filetype", file_type)
+        filename = disposition_filename(headers.get("Content-Disposition"))
         if filename:
             metadata.setdefault("filename", filename)
         return metadata
@@ -466,42 +383,3 @@ class IetfHandler(StreamingWriteHandler):
     def _content_length(self) -> int | None:
         raw = self.request.headers.get("Content-Length")
         return int(raw) if raw is not None and raw.isdigit() else None  # Tornado checked it
-
-    def _has_body(self) -> bool:
-        chunked = "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
-        return chunked or (self._content_length() or 0) > 0
-
-    def _require_id(self, upload_id: str | None) -> str:
-        if not upload_id:
-            raise UploadError(ErrorKind.METHOD_NOT_ALLOWED, "this method needs an upload URL")
-        return upload_id
-
-
-def _problem_name(error: UploadError) -> str | None:
-    """The draft's problem type for an error the service raised."""
-    if error.kind is ErrorKind.OFFSET_MISMATCH:
-        return MISMATCHING_OFFSET
-    return INCONSISTENT_LENGTH if "intended_length" in error.details else None
-
-
-def _inconsistent(message: str) -> UploadError:
-    return UploadError(ErrorKind.BAD_REQUEST, message, problem=INCONSISTENT_LENGTH)
-
-
-def _media_type(header: str | None) -> str:
-    return (header or "").split(";", 1)[0].strip().lower()
-
-
-def _filename(header: str | None) -> str | None:
-    """The file name of a Content-Disposition: `filename*` (RFC 6266 prefers it), else
-    `filename`."""
-    if not header:
-        return None
-    message = Message()
-    message["Content-Disposition"] = header
-    params = message.get_params(header="content-disposition") or []
-    names = [value for key, value in params if key == "filename" and value]
-    names.sort(key=lambda value: not isinstance(value, tuple))  # the RFC 2231 form first
-    if not names:
-        return None
-    return collapse_rfc2231_value(names[0]) or None
