@@ -40,19 +40,32 @@ class Holder(Protocol):
         """Stop soon, keeping what was received; the holder then releases its lock itself."""
 
 
-class Working:
+class Brief:
     """A holder doing short work of its own under the lock (a termination, a record
-    update) or a claim nobody may take over: never idle, and it lets go by itself when its
-    work ends. Only a forced asker takes over, by waiting for that (within its wait)."""
+    update): it receives nothing, so every asker may have the lock once it lets go, which
+    it does by itself; the asker waits for that (within its wait), and `stop` cannot
+    hasten it."""
 
     def idle_seconds(self) -> float:
-        return 0.0
+        return float("inf")  # nothing to receive
 
     def stop(self) -> None:
         return None  # its work ends by itself, soon
 
 
-WORKING = Working()
+class Keeping:
+    """A holder nobody may take over unless forced (a processing claim, held while an
+    upload is hashed): never idle, so an unforced asker gets 423 at once."""
+
+    def idle_seconds(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        return None  # it lets go when its work ends
+
+
+BRIEF = Brief()
+KEEPING = Keeping()
 
 
 class Lock(ABC):

@@ -23,7 +23,7 @@ from typing import Any
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.events import EventBus, UploadFailed, UploadFinished
 from formforge.core.hooks import POST_FINISH, HookFailed, Hooks
-from formforge.core.locker import WORKING, Lock, Locker
+from formforge.core.locker import KEEPING, Lock, Locker
 from formforge.core.model import ConcatRole, UploadInfo, UploadState
 from formforge.core.store import Digester, Reader, Store
 
@@ -109,7 +109,7 @@ class Processor:
     async def _claim(self, upload_id: str) -> Lock | None:
         """The upload's processing claim, or None while someone else holds it."""
         try:
-            return await self.locker.acquire(claim_name(upload_id), WORKING)
+            return await self.locker.acquire(claim_name(upload_id), KEEPING)
         except UploadError as error:
             if error.kind is ErrorKind.UPLOAD_LOCKED:
                 return None

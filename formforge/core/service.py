@@ -37,7 +37,7 @@ from formforge.core.hooks import (
 )
 from formforge.core.ids import is_valid_upload_id, new_upload_id
 from formforge.core.limits import Limits
-from formforge.core.locker import WORKING, Lock, Locker
+from formforge.core.locker import BRIEF, Lock, Locker
 from formforge.core.model import ConcatRole, NewUpload, UploadInfo, UploadState
 from formforge.core.processing import Processor
 from formforge.core.store import Concatenator, Reader, Store, Terminator
@@ -128,7 +128,7 @@ class UploadService:
         it receives bytes, and what it received is stored before this returns. Raises
         `UploadError(UPLOAD_LOCKED)` if it does not let go within the locker's wait."""
         await self.get(upload_id)  # an upload that exists and is not gone: only then lock it
-        lock = await self.locker.acquire(upload_id, WORKING, force=True)
+        lock = await self.locker.acquire(upload_id, BRIEF, force=True)
         await lock.release()
         return await self.get(upload_id)
 
@@ -330,7 +330,7 @@ class UploadService:
         if not self.can_terminate:
             raise UploadError(ErrorKind.BAD_REQUEST, "this store cannot terminate uploads")
         await self.get(upload_id)  # unknown or gone: 404 or 410 without taking the lock
-        lock = await self.locker.acquire(upload_id, WORKING, force=True)
+        lock = await self.locker.acquire(upload_id, BRIEF, force=True)
         try:
             info = await self.get(upload_id)  # a DELETE that waited for another: 410
             assert isinstance(self.store, Terminator)
