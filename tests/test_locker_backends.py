@@ -16,19 +16,8 @@ from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.ids import new_upload_id
 from formforge.locks.file import FileLocker
 from formforge.locks.redis import KEY_PREFIX, RedisLocker
+from tests.lock_holders import active_body, idle_body, release_when_stopped, stalled_body
 from tests.redis_server import redis_url_fixture  # noqa: F401
-
-
-def body(idle: float = 0.0) -> BodyStream:
-    stream = BodyStream(60.0, lambda end: None)
-    stream._last_activity -= idle
-    return stream
-
-
-def active_body() -> BodyStream:
-    stream = body()
-    stream.feed(b"fresh bytes")  # received just now, not yet taken: active
-    return stream
 
 
 async def until_stopped(holder: BodyStream, within: float) -> None:
@@ -94,16 +83,9 @@ async def test_file_locker_works_under_a_data_dir_too_long_for_a_socket_path(
     data_dir = tmp_path / ("d" * 60) / ("e" * 60)
     first, second = FileLocker(data_dir), FileLocker(data_dir)
     try:
-        stalled = body(idle=1.5)
-        lock = await first.acquire("u" * 22, stalled)
-
-        async def let_go_when_asked() -> None:
-            async for _ in stalled:
-                pass
-            await lock.release()
-
-        holder = asyncio.create_task(let_go_when_asked())
-        taken = await second.acquire("u" * 22, body())
+        stalled = stalled_body()
+        holder = release_when_stopped(stalled, await first.acquire("u" * 22, stalled))
+        taken = await second.acquire("u" * 22, idle_body())
         await holder
         assert stalled.end is BodyEnd.STOPPED
         await taken.release()

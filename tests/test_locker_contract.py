@@ -25,6 +25,7 @@ from formforge.core.locker import Lock, Locker
 from formforge.locks.file import FileLocker
 from formforge.locks.memory import MemoryLocker
 from formforge.locks.redis import RedisLocker
+from tests.lock_holders import active_body, idle_body, refused, release_when_stopped, stalled_body
 from tests.redis_server import redis_url_fixture  # noqa: F401
 
 AT_ONCE = 0.5  # seconds: a free lock, a refusal
@@ -70,22 +71,6 @@ def lockers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lockers]
         io_loop.run_sync(locker.close, timeout=10)
 
 
-def idle_body(seconds: float = 0.0) -> BodyStream:
-    body = BodyStream(60.0, lambda end: None)
-    body._last_activity -= seconds
-    return body
-
-
-def active_body() -> BodyStream:
-    body = idle_body()
-    body.feed(b"fresh bytes")  # received just now, not yet taken: active
-    return body
-
-
-def stalled_body() -> BodyStream:
-    return idle_body(1.5)  # nothing for 1.5 s: past the contract's "about a second"
-
-
 @dataclass
 class Stubborn:
     """A holder that misbehaves: it is idle, agrees to let go, and never does."""
@@ -113,32 +98,12 @@ class Busy:
         self.stops += 1
 
 
-async def refused(locker: Locker, upload_id: str, *, force: bool = False) -> float:
-    """Acquire, expecting 423; returns how long the answer took."""
-    started = time.monotonic()
-    with pytest.raises(UploadError) as error:
-        await locker.acquire(upload_id, active_body(), force=force)
-    assert error.value.kind is ErrorKind.UPLOAD_LOCKED
-    return time.monotonic() - started
-
-
 async def timed_acquire(
     locker: Locker, upload_id: str, body: BodyStream | None = None, *, force: bool = False
 ) -> tuple[Lock, float]:
     started = time.monotonic()
     lock = await locker.acquire(upload_id, body or idle_body(), force=force)
     return lock, time.monotonic() - started
-
-
-def release_when_stopped(body: BodyStream, lock: Lock) -> asyncio.Task[None]:
-    """What a write does with its body: read it to its end, then let go of the lock."""
-
-    async def write() -> None:
-        async for _ in body:
-            pass
-        await lock.release()
-
-    return asyncio.create_task(write())
 
 
 # -- the contract --------------------------------------------------------------------------

@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 
-from formforge.core.body import BodyStream
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.locker import Lock, Locker
 from formforge.locks.file import FileLocker
 from formforge.locks.redis import RedisLocker
+from tests.lock_holders import active_body, idle_body, refused
 from tests.redis_server import redis_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -195,27 +195,6 @@ def new_upload_id() -> str:
     return uuid.uuid4().hex  # each test its own key on the shared Redis
 
 
-def body(idle: float = 0.0) -> BodyStream:
-    stream = BodyStream(60.0, lambda end: None)
-    stream._last_activity -= idle
-    return stream
-
-
-def active_body() -> BodyStream:
-    stream = body()
-    stream.feed(b"fresh bytes")  # received just now, not yet taken: active
-    return stream
-
-
-async def refused(locker: Locker, upload_id: str, **options: Any) -> float:
-    """Acquire, expecting 423; returns how long the answer took."""
-    started = time.monotonic()
-    with pytest.raises(UploadError) as error:
-        await locker.acquire(upload_id, active_body(), **options)
-    assert error.value.kind is ErrorKind.UPLOAD_LOCKED
-    return time.monotonic() - started
-
-
 # -- the rules, with the holder in another process -------------------------------------------
 
 
@@ -226,7 +205,7 @@ async def test_a_free_lock_is_taken_at_once_and_freed_by_release_and_close(
     upload = new_upload_id()
     locker = backend.locker()
     started = time.monotonic()
-    lock = await locker.acquire(upload, body())
+    lock = await locker.acquire(upload, idle_body())
     assert time.monotonic() - started < AT_ONCE
     await lock.release()
     await lock.release()  # idempotent
@@ -234,7 +213,7 @@ async def test_a_free_lock_is_taken_at_once_and_freed_by_release_and_close(
     await other.acquire(upload, active_body())
     await other.close()  # lets go of what it still holds
     started = time.monotonic()
-    await (await locker.acquire(upload, body())).release()
+    await (await locker.acquire(upload, idle_body())).release()
     assert time.monotonic() - started < AT_ONCE
     await backend.holder(upload, "active")  # and another process gets it ("held")
 
@@ -256,7 +235,7 @@ async def test_a_stalled_holder_is_stopped_and_lets_go_within_a_second(
     upload = new_upload_id()
     holder = await backend.holder(upload, "stalled")
     started = time.monotonic()
-    lock = await backend.locker().acquire(upload, body())
+    lock = await backend.locker().acquire(upload, idle_body())
     assert time.monotonic() - started < TAKEOVER
     assert await holder.says() == "ended stopped"
     assert await holder.says() == "released"
@@ -268,7 +247,7 @@ async def test_force_takes_over_even_an_active_holder(backend: Backend) -> None:
     upload = new_upload_id()
     holder = await backend.holder(upload, "active")
     started = time.monotonic()
-    lock = await backend.locker().acquire(upload, body(), force=True)
+    lock = await backend.locker().acquire(upload, idle_body(), force=True)
     assert time.monotonic() - started < TAKEOVER
     assert await holder.says() == "ended stopped"
     await lock.release()
@@ -305,7 +284,7 @@ async def acquire_with_retries(locker: Locker, upload_id: str, within: float) ->
     deadline = time.monotonic() + within
     while True:
         try:
-            return await locker.acquire(upload_id, body())
+            return await locker.acquire(upload_id, idle_body())
         except UploadError as error:
             assert error.kind is ErrorKind.UPLOAD_LOCKED
             if time.monotonic() > deadline:
@@ -352,7 +331,7 @@ async def test_file_locks_stay_in_the_data_dir_and_dead_leftovers_are_swept(
     assert isinstance(locker, FileLocker)
     await locker.start()
     assert sorted(p.name for p in locks.iterdir()) == [locker.socket_name]
-    await (await locker.acquire(upload, body())).release()
+    await (await locker.acquire(upload, idle_body())).release()
     await locker.close()
     assert list(locks.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
