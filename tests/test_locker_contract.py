@@ -21,7 +21,7 @@ import pytest
 from formforge.core.body import BodyEnd, BodyStream
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.ids import new_upload_id
-from formforge.core.locker import Lock, Locker
+from formforge.core.locker import BRIEF, Lock, Locker
 from formforge.locks.file import FileLocker
 from formforge.locks.memory import MemoryLocker
 from formforge.locks.redis import RedisLocker
@@ -181,6 +181,18 @@ async def test_force_takes_over_even_an_active_holder(lockers: Lockers) -> None:
     await lock.release()
 
 
+def release_after(lock: Lock, seconds: float) -> tuple[asyncio.Task[None], list[bool]]:
+    """A holder's own work, ending after `seconds`; the list says whether it has ended."""
+    ended: list[bool] = []
+
+    async def work() -> None:
+        await asyncio.sleep(seconds)
+        ended.append(True)
+        await lock.release()
+
+    return asyncio.create_task(work()), ended
+
+
 @pytest.mark.gen_test(timeout=20)
 async def test_a_busy_holder_is_stopped_only_by_force_and_awaited(lockers: Lockers) -> None:
     """The decision is the locker's: an unforced asker leaves a busy holder alone (423); a
@@ -191,16 +203,23 @@ async def test_a_busy_holder_is_stopped_only_by_force_and_awaited(lockers: Locke
     lock = await mine.acquire(upload, busy)
     assert await refused(other, upload) < AT_ONCE
     assert busy.stops == 0
-    work_done: list[bool] = []
-
-    async def end_the_work() -> None:
-        await asyncio.sleep(0.2)
-        work_done.append(True)
-        await lock.release()
-
-    working = asyncio.create_task(end_the_work())
+    working, ended = release_after(lock, 0.2)
     taken, took = await timed_acquire(other, upload, force=True)
-    assert (busy.stops, work_done) == (1, [True])  # stopped, and taken only once it let go
+    assert (busy.stops, ended) == (1, [True])  # stopped, and taken only once it let go
+    assert took < TAKEOVER
+    await working
+    await taken.release()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_brief_holder_is_awaited_by_any_asker(lockers: Lockers) -> None:
+    """Work that receives nothing (a termination, a record update) is no reason for a 423:
+    an unforced asker waits for it to end, then has the lock."""
+    mine, other = lockers.pair()
+    upload = new_upload_id()
+    working, ended = release_after(await mine.acquire(upload, BRIEF), 0.2)
+    taken, took = await timed_acquire(other, upload)
+    assert ended == [True]
     assert took < TAKEOVER
     await working
     await taken.release()
