@@ -1,8 +1,8 @@
 """One writer at a time across processes: the Redis locker and the file locker.
 
 CONTRACT.md, "One writer at a time", with several processes (`serve --workers N`) or nodes
-(`cluster.redis_url`): the same rules as tests/test_locks.py, with the holder in another
-process. A holder is a real child process (HOLDER below) holding a lock for a real
+(`cluster.redis_url`): the rules of tests/test_locker_contract.py, with the holder in
+another process. A holder is a real child process (HOLDER below) holding a lock for a real
 `BodyStream`; the asker is this process. Redis is a real `redis-server` on 127.0.0.1.
 
 - a free lock is taken at once;
@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
-from formforge.core.body import BodyEnd, BodyStream
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.locker import Lock, Locker
 from formforge.locks.file import FileLocker
-from formforge.locks.redis import KEY_PREFIX, RedisLocker
+from formforge.locks.redis import RedisLocker
+from tests.lock_holders import active_body, idle_body, refused
 from tests.redis_server import redis_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -56,6 +55,13 @@ import asyncio, json, sys
 from pathlib import Path
 from formforge.core.body import BodyStream
 
+class Stubborn:  # idle, so it agrees; never lets go
+    def idle_seconds(self):
+        return float("inf")
+
+    def stop(self):
+        pass
+
 async def feed(body):
     while body.end is None:
         body.feed(b"x")
@@ -69,11 +75,11 @@ async def main(config):
         from formforge.locks.file import FileLocker
         locker = FileLocker(Path(config["target"]))
     if config["mode"] == "stubborn":
-        await locker.acquire(config["upload"], lambda force: True)
+        await locker.acquire(config["upload"], Stubborn())
         print("held", flush=True)
         await asyncio.Event().wait()
     body = BodyStream(60.0, lambda end: None)
-    lock = await locker.acquire(config["upload"], body.release_request)
+    lock = await locker.acquire(config["upload"], body)
     print("held", flush=True)
     if config["mode"] == "stalled":
         body._last_activity -= 1.5
@@ -181,38 +187,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 @pytest.fixture
-def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from open_backend("redis", request, tmp_path)
-
-
-@pytest.fixture
 def file_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from open_backend("file", request, tmp_path)
 
 
 def new_upload_id() -> str:
     return uuid.uuid4().hex  # each test its own key on the shared Redis
-
-
-def body(idle: float = 0.0) -> BodyStream:
-    stream = BodyStream(60.0, lambda end: None)
-    stream._last_activity -= idle
-    return stream
-
-
-def active_body() -> BodyStream:
-    stream = body()
-    stream.feed(b"fresh bytes")  # received just now, not yet taken: active
-    return stream
-
-
-async def refused(locker: Locker, upload_id: str, **options: Any) -> float:
-    """Acquire, expecting 423; returns how long the answer took."""
-    started = time.monotonic()
-    with pytest.raises(UploadError) as error:
-        await locker.acquire(upload_id, active_body().release_request, **options)
-    assert error.value.kind is ErrorKind.UPLOAD_LOCKED
-    return time.monotonic() - started
 
 
 # -- the rules, with the holder in another process -------------------------------------------
@@ -225,15 +205,15 @@ async def test_a_free_lock_is_taken_at_once_and_freed_by_release_and_close(
     upload = new_upload_id()
     locker = backend.locker()
     started = time.monotonic()
-    lock = await locker.acquire(upload, body().release_request)
+    lock = await locker.acquire(upload, idle_body())
     assert time.monotonic() - started < AT_ONCE
     await lock.release()
     await lock.release()  # idempotent
     other = backend.locker()
-    await other.acquire(upload, active_body().release_request)
+    await other.acquire(upload, active_body())
     await other.close()  # lets go of what it still holds
     started = time.monotonic()
-    await (await locker.acquire(upload, body().release_request)).release()
+    await (await locker.acquire(upload, idle_body())).release()
     assert time.monotonic() - started < AT_ONCE
     await backend.holder(upload, "active")  # and another process gets it ("held")
 
@@ -255,7 +235,7 @@ async def test_a_stalled_holder_is_stopped_and_lets_go_within_a_second(
     upload = new_upload_id()
     holder = await backend.holder(upload, "stalled")
     started = time.monotonic()
-    lock = await backend.locker().acquire(upload, body().release_request)
+    lock = await backend.locker().acquire(upload, idle_body())
     assert time.monotonic() - started < TAKEOVER
     assert await holder.says() == "ended stopped"
     assert await holder.says() == "released"
@@ -267,7 +247,7 @@ async def test_force_takes_over_even_an_active_holder(backend: Backend) -> None:
     upload = new_upload_id()
     holder = await backend.holder(upload, "active")
     started = time.monotonic()
-    lock = await backend.locker().acquire(upload, body().release_request, force=True)
+    lock = await backend.locker().acquire(upload, idle_body(), force=True)
     assert time.monotonic() - started < TAKEOVER
     assert await holder.says() == "ended stopped"
     await lock.release()
@@ -304,7 +284,7 @@ async def acquire_with_retries(locker: Locker, upload_id: str, within: float) ->
     deadline = time.monotonic() + within
     while True:
         try:
-            return await locker.acquire(upload_id, body().release_request)
+            return await locker.acquire(upload_id, idle_body())
         except UploadError as error:
             assert error.kind is ErrorKind.UPLOAD_LOCKED
             if time.monotonic() > deadline:
@@ -321,8 +301,8 @@ async def test_two_askers_at_once_one_gets_the_lock_and_the_other_423(
     first, second = backend.locker(), backend.locker()  # two more processes, or nodes
     started = time.monotonic()
     results = await asyncio.gather(
-        first.acquire(upload, active_body().release_request),
-        second.acquire(upload, active_body().release_request),
+        first.acquire(upload, active_body()),
+        second.acquire(upload, active_body()),
         return_exceptions=True,
     )
     assert time.monotonic() - started < TAKEOVER + SLACK
@@ -332,55 +312,7 @@ async def test_two_askers_at_once_one_gets_the_lock_and_the_other_423(
     assert [error.kind for error in errors] == [ErrorKind.UPLOAD_LOCKED], results
 
 
-@pytest.mark.gen_test(timeout=20)
-async def test_two_requests_of_one_process_exclude_each_other(backend: Backend) -> None:
-    upload = new_upload_id()
-    locker = backend.locker()
-    holder = active_body()
-    await locker.acquire(upload, holder.release_request)
-    assert await refused(locker, upload) < AT_ONCE
-    assert holder.end is None
-
-    other = backend.locker()  # another locker in the same process: still one writer
-    assert await refused(other, upload) < AT_ONCE
-
-    stalled = body(idle=1.5)
-    second_upload = new_upload_id()
-    lock = await locker.acquire(second_upload, stalled.release_request)
-
-    async def holder_saves_and_releases() -> None:
-        async for _ in stalled:
-            pass
-        await lock.release()
-
-    task = asyncio.create_task(holder_saves_and_releases())
-    started = time.monotonic()
-    taken = await other.acquire(second_upload, body().release_request)
-    assert time.monotonic() - started < TAKEOVER
-    assert stalled.end is BodyEnd.STOPPED
-    await task
-    await taken.release()
-
-
-# -- what only one of them has ---------------------------------------------------------------
-
-
-@pytest.mark.gen_test(timeout=20)
-async def test_redis_a_holder_that_lost_its_lease_is_stopped(redis_backend: Backend) -> None:
-    backend = redis_backend
-
-    upload = new_upload_id()
-    holder = active_body()
-    await backend.locker(lease_seconds=0.5).acquire(upload, holder.release_request)
-    client = Redis.from_url(backend.target)
-    try:
-        await client.delete(KEY_PREFIX + upload)  # as if the lease ran out meanwhile
-    finally:
-        await client.aclose()
-    deadline = time.monotonic() + 1.0
-    while holder.end is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert holder.end is BodyEnd.STOPPED
+# -- what only the file locker has ----------------------------------------------------------
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -399,32 +331,7 @@ async def test_file_locks_stay_in_the_data_dir_and_dead_leftovers_are_swept(
     assert isinstance(locker, FileLocker)
     await locker.start()
     assert sorted(p.name for p in locks.iterdir()) == [locker.socket_name]
-    await (await locker.acquire(upload, body().release_request)).release()
+    await (await locker.acquire(upload, idle_body())).release()
     await locker.close()
     assert list(locks.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
-
-
-@pytest.mark.gen_test(timeout=20)
-async def test_file_locker_works_under_a_data_dir_too_long_for_a_socket_path(
-    tmp_path: Path,
-) -> None:
-    data_dir = tmp_path / ("d" * 60) / ("e" * 60)
-    first, second = FileLocker(data_dir), FileLocker(data_dir)
-    try:
-        stalled = body(idle=1.5)
-        lock = await first.acquire("u" * 22, stalled.release_request)
-
-        async def let_go_when_asked() -> None:
-            async for _ in stalled:
-                pass
-            await lock.release()
-
-        holder = asyncio.create_task(let_go_when_asked())
-        taken = await second.acquire("u" * 22, body().release_request)
-        await holder
-        assert stalled.end is BodyEnd.STOPPED
-        await taken.release()
-    finally:
-        await first.close()
-        await second.close()

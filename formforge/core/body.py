@@ -18,8 +18,6 @@ from typing import Any
 
 from formforge.core.bandwidth import Pace
 
-STALLED_AFTER_SECONDS = 1.0  # a holder this quiet lets a newer request take over
-
 
 class BodyEnd(enum.Enum):
     COMPLETE = "complete"
@@ -73,20 +71,19 @@ class BodyStream:
     def cut(self) -> None:
         self._close(BodyEnd.CUT)
 
-    # -- take-over -----------------------------------------------------------------------
+    # -- take-over: the body is the holder of its upload's lock (`core/locker.py`) -------
 
     def idle_seconds(self) -> float:
-        """How long the body has waited for the client without getting a byte."""
+        """How long the body has waited for the client without getting a byte. The locker
+        asks this when another request wants the upload, and decides (`locks/base.py`)."""
         if self._chunks or self.end is not None:
             return 0.0 if self.end is None else float("inf")
         return time.monotonic() - self._last_activity
 
-    def release_request(self, force: bool) -> bool:
-        """The lock's release request: stop if forced or stalled; refuse while receiving."""
-        if force or self.idle_seconds() >= STALLED_AFTER_SECONDS:
-            self._abort(BodyEnd.STOPPED)
-            return True
-        return False
+    def stop(self) -> None:
+        """A newer request takes the upload over (or the server stops): end the body now;
+        the write stores what arrived and releases the lock."""
+        self._abort(BodyEnd.STOPPED)
 
     # -- the consumer side (the store) ---------------------------------------------------
 

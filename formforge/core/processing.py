@@ -7,9 +7,13 @@ start-up, and then from the sweeper) processes such uploads again.
 
 Processing holds a claim on the upload (a lock of the locker under a name no upload has,
 so requests never wait for it), so that of several processes or nodes resuming at once,
-exactly one processes each upload: the others find it claimed and leave it. A DELETE meanwhile
-ends the processing as before (gone is final). A node that dies while processing loses its
-claim with its locks, and the next `resume` anywhere picks the upload up.
+exactly one processes each upload: the others find it claimed and leave it. A node that
+dies while processing loses its claim with its locks, and the next `resume` anywhere picks
+the upload up.
+
+A DELETE meanwhile ends the processing (gone is final). Processing changes the upload's
+record only under the upload's own lock, the one termination and expiry take (`_update`),
+so no DELETE on any process or node can land between its "is it gone?" and its write.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.events import EventBus, UploadFailed, UploadFinished
 from formforge.core.hooks import POST_FINISH, HookFailed, Hooks
-from formforge.core.locker import Lock, Locker
+from formforge.core.locker import BRIEF, KEEPING, Lock, Locker
 from formforge.core.model import ConcatRole, UploadInfo, UploadState
 from formforge.core.store import Digester, Reader, Store
 
@@ -33,6 +37,9 @@ STOP_GRACE_SECONDS = 5.0
 # Hashing is bound by CPU and disk: more at once than there are cores only holds more
 # buffers (200 uploads finishing together held 1 MiB each).
 HASHING_AT_ONCE = 2
+# Tries at the upload's lock before a record update gives up: a holder may outlast the
+# locker's wait (a termination removing many objects from S3), never this many times.
+LOCK_ATTEMPTS = 3
 
 
 class Processor:
@@ -65,10 +72,15 @@ class Processor:
         async for upload_id in self.store.list_ids():
             info = await self.store.get_info(upload_id)
             if info.concat is ConcatRole.PARTIAL and _unprocessed(info, partial=True):
-                await self.finish(info)  # a part needs no processing: complete at once
+                await self._complete_part(upload_id)
             elif _unprocessed(info):
                 resumed += await self._claim_and_process(upload_id)
         return resumed
+
+    @property
+    def busy(self) -> bool:
+        """Whether anything runs in the background now (processing, post-terminate hooks)."""
+        return bool(self._tasks)
 
     def spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coroutine)
@@ -94,14 +106,16 @@ class Processor:
             return False
         try:
             info = await self.store.get_info(upload_id)  # as it is now that it is ours
-            if not _unprocessed(info):
-                await lock.release()
-                return False
-            if info.state is UploadState.UPLOADING:
-                info = await self.store.update(upload_id, state=UploadState.PROCESSING)
-        except BaseException:
+            if _unprocessed(info) and info.state is UploadState.UPLOADING:
+                info = await self._update(upload_id, state=UploadState.PROCESSING)
+        except BaseException as error:
             await lock.release()
+            if _gone(error):
+                return False
             raise
+        if not _unprocessed(info):
+            await lock.release()
+            return False
         self._claims.add(lock)
         self.spawn(self._process(info, lock))
         return True
@@ -109,11 +123,45 @@ class Processor:
     async def _claim(self, upload_id: str) -> Lock | None:
         """The upload's processing claim, or None while someone else holds it."""
         try:
-            return await self.locker.acquire(claim_name(upload_id), _keep)
+            return await self.locker.acquire(claim_name(upload_id), KEEPING)
         except UploadError as error:
             if error.kind is ErrorKind.UPLOAD_LOCKED:
                 return None
             raise
+
+    async def _complete_part(self, upload_id: str) -> None:
+        """A part of a concatenation needs no processing: complete at once, unless gone."""
+        try:
+            await self._update(upload_id, state=UploadState.COMPLETE)
+        except UploadError as error:
+            if not _gone(error):
+                raise
+
+    async def _update(self, upload_id: str, **changes: object) -> UploadInfo:
+        """Change the upload's record under its own lock, the lock DELETE and expiry take.
+
+        So "is it gone?" (`Store.update` raises TERMINATED for a gone upload) and the write
+        are one step against a termination anywhere: a store's own record lock covers one
+        process and S3's read-then-write covers nothing, but the locker reaches every
+        process (file) and node (Redis), for every store alike.
+        """
+        lock = await self._upload_lock(upload_id)
+        try:
+            return await self.store.update(upload_id, **changes)
+        finally:
+            await lock.release()
+
+    async def _upload_lock(self, upload_id: str) -> Lock:
+        """Forced: processing must record its outcome, and whoever holds the lock of an
+        upload with all its bytes is brief (a DELETE, a HEAD of the draft) or has nothing
+        left to write (a request stopped at no loss)."""
+        for _ in range(LOCK_ATTEMPTS - 1):
+            try:
+                return await self.locker.acquire(upload_id, BRIEF, force=True)
+            except UploadError as error:
+                if error.kind is not ErrorKind.UPLOAD_LOCKED:
+                    raise
+        return await self.locker.acquire(upload_id, BRIEF, force=True)
 
     async def _process(self, info: UploadInfo, claim: Lock) -> None:
         try:
@@ -125,11 +173,9 @@ class Processor:
     async def _process_claimed(self, info: UploadInfo) -> None:
         try:
             sha256 = await self._sha256(info)
-            info = await self.store.update(info.id, sha256=sha256)
+            info = await self._update(info.id, sha256=sha256)
             await self.hooks.run_all(POST_FINISH, info)
-            if (await self.store.get_info(info.id)).is_gone:
-                return  # terminated while it was being processed
-            done = await self.store.update(info.id, state=UploadState.COMPLETE)
+            done = await self._update(info.id, state=UploadState.COMPLETE)
         except (HookFailed, UploadError, OSError) as error:
             await self._fail(info, error)
             return
@@ -137,12 +183,14 @@ class Processor:
         log.info("finished upload_id=%s size=%s sha256=%s", info.id, info.size, sha256)
 
     async def _fail(self, info: UploadInfo, error: Exception) -> None:
-        if (await self.store.get_info(info.id)).is_gone:
+        if _gone(error):
             return  # deleted or expired meanwhile: nothing left to mark or to report
         log.warning("processing failed upload_id=%s error=%s", info.id, error)
         try:
-            await self.store.update(info.id, state=UploadState.ERROR, error=str(error))
+            await self._update(info.id, state=UploadState.ERROR, error=str(error))
         except (UploadError, OSError) as unrecorded:
+            if _gone(unrecorded):
+                return
             # A full disk, say: the upload stays `processing` and is processed again at
             # the next start; clients still hear of the failure now.
             log.warning(
@@ -179,12 +227,12 @@ def _unprocessed(info: UploadInfo, partial: bool = False) -> bool:
     )
 
 
+def _gone(error: BaseException) -> bool:
+    """Whether `error` says the upload was deleted or expired (`Store.update`)."""
+    return isinstance(error, UploadError) and error.kind is ErrorKind.TERMINATED
+
+
 def claim_name(upload_id: str) -> str:
     """The lock name of an upload's processing claim: a valid id (the lockers take only
     those) that no upload has, as upload ids are 22 characters long."""
     return f"{upload_id}-processing"
-
-
-def _keep(force: bool) -> bool:
-    """A claim is held until its processing ends; nobody needs to take it over."""
-    return False

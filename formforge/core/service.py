@@ -37,7 +37,7 @@ from formforge.core.hooks import (
 )
 from formforge.core.ids import is_valid_upload_id, new_upload_id
 from formforge.core.limits import Limits
-from formforge.core.locker import Lock, Locker, refuse
+from formforge.core.locker import BRIEF, Lock, Locker
 from formforge.core.model import ConcatRole, NewUpload, UploadInfo, UploadState
 from formforge.core.processing import Processor
 from formforge.core.store import Concatenator, Reader, Store, Terminator
@@ -128,7 +128,7 @@ class UploadService:
         it receives bytes, and what it received is stored before this returns. Raises
         `UploadError(UPLOAD_LOCKED)` if it does not let go within the locker's wait."""
         await self.get(upload_id)  # an upload that exists and is not gone: only then lock it
-        lock = await self.locker.acquire(upload_id, refuse, force=True)
+        lock = await self.locker.acquire(upload_id, BRIEF, force=True)
         await lock.release()
         return await self.get(upload_id)
 
@@ -221,9 +221,7 @@ class UploadService:
         # once: it takes no slot of max_concurrent_uploads.
         if request.content_length != 0:
             self._check_capacity()
-        lock = await self.locker.acquire(
-            request.upload_id, body.release_request, force=request.take_over
-        )
+        lock = await self.locker.acquire(request.upload_id, body, force=request.take_over)
         try:
             info = await self._writable(request)
         except UploadError as error:
@@ -335,9 +333,10 @@ class UploadService:
     async def terminate(self, upload_id: str, request: RequestInfo | None = None) -> None:
         if not self.can_terminate:
             raise UploadError(ErrorKind.BAD_REQUEST, "this store cannot terminate uploads")
-        info = await self.get(upload_id)
-        lock = await self.locker.acquire(upload_id, refuse, force=True)
+        await self.get(upload_id)  # unknown or gone: 404 or 410 without taking the lock
+        lock = await self.locker.acquire(upload_id, BRIEF, force=True)
         try:
+            info = await self.get(upload_id)  # a DELETE that waited for another: 410
             assert isinstance(self.store, Terminator)
             await self.store.terminate(upload_id, UploadState.TERMINATED)
         finally:
@@ -363,7 +362,7 @@ class UploadService:
         """Stop every body in flight; each write persists what it got and releases its lock."""
         self.accepting = False
         for body in list(self._bodies):
-            body.release_request(True)
+            body.stop()
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=SHUTDOWN_GRACE_SECONDS)
         await self.processor.stop()

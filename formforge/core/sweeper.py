@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.events import UploadExpired
-from formforge.core.locker import refuse
+from formforge.core.locker import BRIEF
 from formforge.core.model import UploadState
 from formforge.core.store import Terminator
 
@@ -45,7 +45,7 @@ class Sweeper:
             return 1
         if not self.service.is_expired(info):
             return 0
-        lock = await self.service.locker.acquire(upload_id, refuse)
+        lock = await self.service.locker.acquire(upload_id, BRIEF)
         try:
             await store.terminate(upload_id, UploadState.EXPIRED)
         finally:

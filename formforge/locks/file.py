@@ -1,21 +1,19 @@
 """Upload locks shared by the processes of one host, without Redis (`serve --workers N`).
 
-The same rules as `MemoryLocker`, across processes, all inside `<data dir>/.locks/`:
+The take-over algorithm of `locks/base.py`, across processes, all inside `<data dir>/.locks/`:
 
 - A lock is an exclusive `flock` on `<upload id>.lock`. The kernel drops it the moment
   its holder process dies, so a crashed worker's locks are free at once.
-- The holder writes `{"socket": NAME, "token": T}` into the file: NAME is the control
-  socket its locker listens on, `<pid>-<random>.sock` beside the lock files (the random
-  part keeps two lockers in one process, or equal pids from two PID namespaces sharing
-  a volume, apart).
+- The holder writes `NAME TOKEN` into the file: NAME is the control socket its locker
+  listens on, `<pid>-<random>.sock` beside the lock files (the random part keeps two
+  lockers in one process, or equal pids from two PID namespaces sharing a volume, apart),
+  TOKEN names the acquisition.
 - An asker whose flock fails connects to that socket and sends one JSON line
-  `{"upload", "token", "force"}`; the holder's locker calls the holder's
-  `release_request(force)` and answers `{"agreed": bool}`. If it agreed, the connection
-  stays open until the holder lets go, then says `{"released": true}` (or just closes, if
-  the holder process dies); the asker then tries flock again. All of it bounded by
-  `wait_seconds`, as in `MemoryLocker`.
-- flock excludes open files, not processes, so acquires within one process first meet
-  in an in-process table, as in `MemoryLocker`.
+  `{"upload", "token", "force"}`; the holder's locker answers `{"answer": ...}` with the
+  stall policy (`locks/base.py`). If it agreed, the connection stays open until the
+  holder lets go, then says `{"released": true}` (or just closes, if the holder process
+  dies); the asker then tries flock again. The deadline, the in-process table and the
+  rest of the algorithm are `locks/base.py`'s.
 
 Lock files are removed by their holder when it lets go, while it still holds the flock;
 whoever locks a file checks that it is still the one at the path (and retries if not),
@@ -35,46 +33,21 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from formforge.core.ids import is_valid_upload_id
-from formforge.core.locker import TAKEOVER_WAIT_SECONDS, Lock, Locker, ReleaseRequest, locked
+from formforge.core.locker import TAKEOVER_WAIT_SECONDS
+from formforge.locks.base import Answer, BaseLocker, Held
 
 log = logging.getLogger(__name__)
 
 LOCKS_DIR = ".locks"
-POLL_SECONDS = 0.02  # between flock attempts while a holder is letting go
 REQUEST_TIMEOUT_SECONDS = 1.0  # how long a holder waits for an asker's request line
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; longer paths go through /proc
 
 
-@dataclass(eq=False)
-class _Held:
-    upload_id: str
-    token: str
-    fd: int
-    release_request: ReleaseRequest
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-    watchers: list[asyncio.StreamWriter] = field(default_factory=list)  # agreed askers
-
-
-@dataclass(frozen=True)
-class _Owner:
-    socket: str
-    token: str
-
-
-class _FileLock(Lock):
-    def __init__(self, locker: FileLocker, held: _Held) -> None:
-        self._locker, self._held = locker, held
-
-    async def release(self) -> None:
-        self._locker._release(self._held)
-
-
-class FileLocker(Locker):
+class FileLocker(BaseLocker[int]):
     """Locks for every process of one host sharing `data_dir`.
 
     `start()` creates `<data_dir>/.locks/`, sweeps what dead processes left there and
@@ -83,10 +56,9 @@ class FileLocker(Locker):
     """
 
     def __init__(self, data_dir: Path, *, wait_seconds: float = TAKEOVER_WAIT_SECONDS) -> None:
+        super().__init__(wait_seconds)
         self.directory = Path(data_dir) / LOCKS_DIR
         self.socket_name = f"{os.getpid()}-{secrets.token_hex(4)}.sock"
-        self._wait_seconds = wait_seconds
-        self._held: dict[str, _Held] = {}
         self._server: asyncio.Server | None = None
         self._starting = asyncio.Lock()
         self._dir_fd: int | None = None  # reaches sockets whose full path is too long
@@ -94,6 +66,8 @@ class FileLocker(Locker):
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._server is not None:
+            return  # every acquire calls this
         async with self._starting:
             if self._server is None:
                 await self._start()
@@ -127,8 +101,7 @@ class FileLocker(Locker):
 
     async def close(self) -> None:
         """Let go of every lock still held, stop listening, remove the socket."""
-        for held in list(self._held.values()):
-            self._release(held)
+        await super().close()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -165,81 +138,48 @@ class FileLocker(Locker):
             return full
         return f"/proc/self/fd/{self._dir_fd}/{name}"  # Linux: the same file, a short name
 
-    # -- acquiring -------------------------------------------------------------------------
+    # -- taking and asking ----------------------------------------------------------------
 
-    async def acquire(
-        self, upload_id: str, release_request: ReleaseRequest, *, force: bool = False
-    ) -> Lock:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._wait_seconds
-        asked: str | None = None  # the token of the holder that agreed to let go
-        while True:
-            local = self._held.get(upload_id)
-            if local is not None:
-                await self._take_from_local(local, force, deadline)
-                continue
-            held = self._try_lock(upload_id, release_request)
-            if held is not None:
-                return _FileLock(self, held)
-            if loop.time() >= deadline:
-                raise locked("the previous request did not let go in time")
-            owner = self._read_owner(upload_id)
-            if owner is None or owner.token == asked:
-                # Not named yet, or letting go already: look again in a moment.
-                await asyncio.sleep(max(0.0, min(POLL_SECONDS, deadline - loop.time())))
-                continue
-            if not await self._ask(owner, upload_id, force, deadline):
-                raise locked("another request is still writing to this upload")
-            asked = owner.token
-
-    async def _take_from_local(self, held: _Held, force: bool, deadline: float) -> None:
-        """A request of this process holds it: ask directly and wait, as MemoryLocker does."""
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0 or not held.release_request(force):
-            raise locked("another request is still writing to this upload")
-        try:
-            await asyncio.wait_for(held.released.wait(), remaining)
-        except TimeoutError:
-            raise locked("the previous request did not let go in time") from None
-
-    async def _ask(self, owner: _Owner, upload_id: str, force: bool, deadline: float) -> bool:
-        """Ask the holder named in the lock file to let go; if it agrees, wait (until the
-        deadline) to hear that it did. True unless it refused."""
-        request = {"upload": upload_id, "token": owner.token, "force": force}
-        try:
-            async with asyncio.timeout_at(deadline):
-                reader, writer = await asyncio.open_unix_connection(self._address(owner.socket))
-                try:
-                    writer.write(json.dumps(request).encode() + b"\n")
-                    answer = json.loads(await reader.readline())
-                    if not answer.get("agreed"):
-                        return False
-                    await reader.readline()  # "released", or the end when the holder died
-                finally:
-                    writer.close()
-        except (OSError, ValueError, TimeoutError):
-            pass  # gone, not named yet, or slow: whether it let go, flock will tell
-        return True
-
-    def _try_lock(self, upload_id: str, release_request: ReleaseRequest) -> _Held | None:
-        """flock the upload's lock file if no one holds it, and name this locker in it.
+    async def _take(self, upload_id: str, token: str) -> int | None:
+        """flock the upload's lock file if no one holds it, and name this acquisition in it.
 
         Plain blocking file calls: each is a quick local operation on a tiny file."""
-        path = self._lock_path(upload_id)
-        fd = self._lock_file(path, create=True)
+        fd = self._lock_file(self._lock_path(upload_id), create=True)
         if fd is None:
             return None
-        held = _Held(upload_id, secrets.token_hex(16), fd, release_request)
-        owner = json.dumps({"socket": self.socket_name, "token": held.token}).encode()
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, owner, 0)
+            os.pwrite(fd, f"{self.socket_name} {token}".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
-        self._held[upload_id] = held
-        return held
+        return fd
+
+    async def _owner(self, upload_id: str) -> str | None:
+        try:
+            owner = self._lock_path(upload_id).read_text()
+        except (OSError, ValueError):
+            return None  # gone meanwhile
+        return owner if len(owner.split(" ")) == 2 else None  # or still being written
+
+    async def _ask(self, upload_id: str, owner: str, force: bool, deadline: float) -> Answer:
+        """Ask the holder named in the lock file; if it agrees, wait (until the deadline)
+        to hear that it let go."""
+        socket_name, token = owner.split(" ")
+        request = {"upload": upload_id, "token": token, "force": force}
+        try:
+            async with asyncio.timeout_at(deadline):
+                reader, writer = await asyncio.open_unix_connection(self._address(socket_name))
+                try:
+                    writer.write(json.dumps(request).encode() + b"\n")
+                    answer = Answer(json.loads(await reader.readline())["answer"])
+                    if answer is Answer.AGREED:
+                        await reader.readline()  # "released", or the end if the holder died
+                    return answer
+                finally:
+                    writer.close()
+        except (OSError, ValueError, KeyError, TypeError, TimeoutError):
+            return Answer.AGREED  # gone, or slow: whether it let go, flock will tell
 
     def _lock_file(self, path: Path, *, create: bool) -> int | None:
         """An fd holding the flock of the file now at `path`, or None if someone holds it."""
@@ -262,13 +202,6 @@ class FileLocker(Locker):
             os.close(fd)  # we locked a file its holder removed meanwhile
         return None
 
-    def _read_owner(self, upload_id: str) -> _Owner | None:
-        try:
-            owner: dict[str, Any] = json.loads(self._lock_path(upload_id).read_bytes())
-            return _Owner(str(owner["socket"]), str(owner["token"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # gone, or its holder is still writing it
-
     def _lock_path(self, upload_id: str) -> Path:
         # Ids are checked before they reach a locker; anything else still stays in here.
         if is_valid_upload_id(upload_id):
@@ -279,46 +212,34 @@ class FileLocker(Locker):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One release request from another process."""
-        keep_open = False
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
                 line = await reader.readline()
             if not line:
                 return  # a probe from a starting locker's sweep
-            keep_open = self._answer(json.loads(line), writer)
+            request: dict[str, Any] = json.loads(line)
+            answer, held = self._answer(
+                str(request["upload"]), str(request["token"]), bool(request["force"])
+            )
+            writer.write(json.dumps({"answer": answer.value}).encode() + b"\n")
             await writer.drain()
+            if held is not None:
+                await self._tell_when_released(held, writer)
         except (OSError, ValueError, KeyError, TypeError, TimeoutError) as error:
             log.warning("bad lock request dropped error=%r", error)
         finally:
-            if not keep_open:
-                writer.close()
-
-    def _answer(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
-        """Pass the request to the holder's callback; True if the asker waits for the end."""
-        upload_id, force = str(request["upload"]), bool(request["force"])
-        held = self._held.get(upload_id)
-        if held is None or held.token != request["token"]:
-            writer.write(b'{"agreed": true, "held": false}\n')  # not ours any more
-            return False
-        agreed = held.release_request(force)
-        log.info("release requested upload_id=%s force=%s agreed=%s", upload_id, force, agreed)
-        writer.write(json.dumps({"agreed": agreed}).encode() + b"\n")
-        if agreed:
-            held.watchers.append(writer)
-        return agreed
-
-    def _release(self, held: _Held) -> None:
-        if held.released.is_set():
-            return
-        if self._held.get(held.upload_id) is held:
-            del self._held[held.upload_id]
-        self._unlinklocked(held.fd, self._lock_path(held.upload_id))
-        os.close(held.fd)  # the flock goes with the last fd of the open file
-        held.released.set()
-        for writer in held.watchers:
-            with contextlib.suppress(OSError):
-                writer.write(b'{"released": true}\n')
             writer.close()
+
+    async def _tell_when_released(self, held: Held[int], writer: asyncio.StreamWriter) -> None:
+        """The asker waits at most `wait_seconds` for this; so do we."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(held.released.wait(), self._wait_seconds)
+            writer.write(b'{"released": true}\n')
+            await writer.drain()
+
+    async def _let_go(self, held: Held[int]) -> None:
+        self._unlinklocked(held.grip, self._lock_path(held.upload_id))
+        os.close(held.grip)  # the flock goes with the last fd of the open file
 
     @staticmethod
     def _unlinklocked(fd: int, path: Path) -> None:
