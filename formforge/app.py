@@ -26,6 +26,7 @@ from formforge.core.store import Store
 from formforge.fronts import oversized
 from formforge.fronts.guard import GuardedApplication
 from formforge.fronts.headers import upload_url
+from formforge.fronts.hook_progress import HOOK_PROGRESS_PATH, HookProgressHandler
 from formforge.fronts.ietf import ietf_routes
 from formforge.fronts.rest import RestCreateHandler, RestUploadHandler
 from formforge.fronts.site import HealthHandler, IndexHandler, MetricsHandler, SafeStaticFileHandler
@@ -87,7 +88,10 @@ class FormForge:
         self.metrics = Metrics()
         self.bus.subscribe(self.metrics.on_event)
         hooks = HookRunner(
-            _hook_targets(settings), settings.hooks.timeout_seconds, self.metrics.on_hook
+            _hook_targets(settings),
+            settings.hooks.timeout_seconds,
+            self.metrics.on_hook,
+            progress_url=lambda: f"{self.self_url}{self.prefix}{HOOK_PROGRESS_PATH}",
         )
         self.service = UploadService(
             _store(settings), _locker(settings, self.role), self.bus, _limits(settings), hooks
@@ -182,6 +186,7 @@ class FormForge:
             (rf"{p}/files/{ID_PATTERN}/?", TusHandler, front),
             (rf"{p}/api/files/upload/?", RestCreateHandler, front),
             (rf"{p}/api/files/upload/{ID_PATTERN}/?", RestUploadHandler, front),
+            (rf"{p}{HOOK_PROGRESS_PATH}(?P<token>[A-Za-z0-9_-]+)", HookProgressHandler, front),
             (rf"{p}/healthz", HealthHandler),
             (rf"{p}/metrics", MetricsHandler, {"metrics": self.metrics}),
             (rf"{p}/", IndexHandler, {"path": STATIC_DIR / "index.html"}),

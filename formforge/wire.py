@@ -12,7 +12,11 @@ from typing import Any
 
 from formforge.core.errors import ErrorKind
 from formforge.core.metadata import split_binary
-from formforge.core.model import UploadInfo
+from formforge.core.model import UploadInfo, UploadState
+from formforge.core.processing_progress import ProcessingStatus
+
+UPLOADING, PROCESSING = "uploading", "processing"  # `stage` of uploadProgress
+UNKNOWN = ProcessingStatus(None, None)  # processing, but not in this process: no details
 
 
 def percent(offset: int, size: int | None) -> float | None:
@@ -26,15 +30,36 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def progress_payload(
-    upload_id: str, offset: int, size: int | None, bytes_per_second: float
+    upload_id: str,
+    offset: int,
+    size: int | None,
+    bytes_per_second: float,
+    processing: ProcessingStatus | None = None,
 ) -> dict[str, Any]:
+    """`uploadProgress`: bytes arriving (stage `uploading`), or, with `processing`, all
+    bytes there and the processing step's own progress (stage `processing`)."""
     return {
         "uploadId": upload_id,
         "offset": offset,
         "size": size,
         "percent": percent(offset, size),
         "bytesPerSecond": round(bytes_per_second, 1),
+        "stage": UPLOADING if processing is None else PROCESSING,
+        "processing": processing_json(processing),
     }
+
+
+def snapshot_payload(info: UploadInfo, processing: ProcessingStatus | None) -> dict[str, Any]:
+    """The `uploadProgress` a client joining the room gets at once."""
+    if info.state is UploadState.PROCESSING:
+        return progress_payload(info.id, info.offset, info.size, 0.0, processing or UNKNOWN)
+    return progress_payload(info.id, info.offset, info.size, 0.0)
+
+
+def processing_json(status: ProcessingStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {"percent": status.percent, "message": status.message}
 
 
 def complete_payload(info: UploadInfo, url: str) -> dict[str, Any]:
@@ -62,7 +87,11 @@ def error_body(kind: ErrorKind, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": kind.code, "message": message}, **extra}
 
 
-def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, Any]:
+def status_payload(
+    info: UploadInfo, expires_at: datetime | None, processing: ProcessingStatus | None = None
+) -> dict[str, Any]:
+    """REST's status; `processing` is null unless the state is `processing`."""
+    processing = (processing or UNKNOWN) if info.state is UploadState.PROCESSING else None
     return {
         "uploadId": info.id,
         "filename": info.filename,
@@ -74,6 +103,7 @@ def status_payload(info: UploadInfo, expires_at: datetime | None) -> dict[str, A
         "createdAt": iso(info.created_at),
         "expiresAt": iso(expires_at),
         "sha256": info.sha256,
+        "processing": processing_json(processing),
     }
 
 

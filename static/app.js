@@ -84,7 +84,7 @@ const STATUS_TEXT = {
   uploading: "Uploading",
   paused: "Paused",
   retrying: "Connection lost, retrying",
-  processing: "Verifying",
+  processing: "Processing",
   complete: "Complete",
   failed: "Stopped",
   cancelled: "Cancelled",
@@ -235,8 +235,10 @@ class Item {
     this.setState("failed", `stopped, the server ${reason}`);
   }
 
-  onServerProgress({ offset }) {
+  // At stage "processing" the event carries the processing step: the hash, then each hook.
+  onServerProgress({ offset, stage, processing }) {
     this.confirmed = offset;
+    this.processing = stage === "processing" ? processing : null;
     this.render();
   }
 
@@ -271,6 +273,10 @@ class Item {
       if (status.state === "complete" && status.sha256) {
         this.onServerComplete({ sha256: status.sha256, url: this.upload.url });
         return;
+      }
+      if (status.state === "processing" && status.processing) {
+        this.processing = status.processing;
+        this.render();
       }
       if (status.state === "error" || status.state === "expired") {
         this.showErrors(`Server: the upload ended in state ${status.state}.`, null);
@@ -363,7 +369,9 @@ class Item {
         ? this.summary()
         : this.state === "cancelled"
           ? ""
-          : `${percent(this.confirmed)}% confirmed, ${percent(sent)}% sent`;
+          : this.state === "processing"
+            ? processingText(this.processing)
+            : `${percent(this.confirmed)}% confirmed, ${percent(sent)}% sent`;
     this.part("upload-speed").textContent = speed > 0 ? `${formatBytes(speed)}/s` : "";
     const left = speed > 0 ? `${formatDuration((size - sent) / speed)} left` : "";
     this.part("upload-eta").textContent = left;
@@ -374,6 +382,15 @@ class Item {
     this.part("cancel").setAttribute("aria-label", `Cancel ${this.file.name}`);
     this.part("upload-actions").hidden = done;
   }
+}
+
+// "40 % — indexing": how far the server's processing step is, as far as it said.
+function processingText(processing) {
+  const { percent, message } = processing || {};
+  const parts = [];
+  if (typeof percent === "number") parts.push(`${Math.floor(percent)} %`);
+  if (message) parts.push(message);
+  return parts.join(" — ");
 }
 
 function addFiles(files) {

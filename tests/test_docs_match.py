@@ -216,7 +216,9 @@ def test_asyncapi_says_what_the_contract_and_the_code_say(asyncapi: dict[str, An
     assert set(schemas["UploadErrorCode"]["enum"]) == EVENT_ERROR_CODES
     assert {kind.code for kind in ErrorKind} >= EVENT_ERROR_CODES
     assert set(schemas["UploadProgress"]["required"]) == {
-        "uploadId", "offset", "size", "percent", "bytesPerSecond"}
+        "uploadId", "offset", "size", "percent", "bytesPerSecond", "stage", "processing"}
+    assert set(schemas["UploadProgress"]["properties"]["stage"]["enum"]) == {
+        "uploading", "processing"}
     assert set(schemas["UploadComplete"]["required"]) == {
         "uploadId", "size", "filename", "metadata", "sha256", "url"}
     assert set(schemas["UploadError"]["required"]) == {
@@ -226,7 +228,7 @@ def test_asyncapi_says_what_the_contract_and_the_code_say(asyncapi: dict[str, An
 def test_the_schemas_reject_what_the_contract_forbids() -> None:
     """The validators are not vacuous: a payload that breaks the contract is refused."""
     good = {"uploadId": "A" * 22, "offset": 5, "size": None, "percent": None,
-            "bytesPerSecond": 0.0}
+            "bytesPerSecond": 0.0, "stage": "uploading", "processing": None}
     validate_event("uploadProgress", good)
     for bad in ({**good, "percent": 101}, {**good, "size": "5"}, {**good, "extra": 1},
                 {k: v for k, v in good.items() if k != "offset"}):

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,9 @@ BODY = b"processed once" * 1000
 class SlowHashing(FileStore):
     """Processing that lasts long enough for another node to try it meanwhile."""
 
-    async def sha256(self, upload_id: str, size: int) -> str:
+    async def sha256(self, upload_id: str, size: int, progress: Any = None) -> str:
         await asyncio.sleep(0.3)
-        return await super().sha256(upload_id, size)
+        return await super().sha256(upload_id, size, progress)
 
 
 class Node:

@@ -269,7 +269,9 @@ def test_progress_arrives_during_a_slow_request_but_no_more_often_than_the_inter
             await watcher.wait_for("uploadProgress", upload_id,
                                    lambda event: event["offset"] == len(source))
 
-            events = [seen for seen in watcher.seen[joined:] if seen.name == "uploadProgress"]
+            # Upload progress only: processing's own events follow the end-of-request flush.
+            events = [seen for seen in watcher.seen[joined:] if seen.name == "uploadProgress"
+                      and seen.data["stage"] == "uploading"]
             during = [seen for seen in events
                       if seen.data["offset"] < len(source) and seen.at < answered]
             assert len(during) >= 5, (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -221,6 +222,19 @@ async def test_a_digesting_store_hashes_the_bytes_it_holds(store: Store) -> None
     await store.write(upload_id, 0, chunks(body[:1000], body[1000:]))
     assert await store.sha256(upload_id, len(body)) == hashlib.sha256(body).hexdigest()
     assert await store.sha256(upload_id, 1000) == hashlib.sha256(body[:1000]).hexdigest()
+    # How far it got, on the event loop, as it goes (processing's `stage: processing`).
+    hashed: list[int] = []
+    loop_thread = threading.get_ident()
+    on_loop: list[bool] = []
+
+    def progress(count: int) -> None:
+        hashed.append(count)
+        on_loop.append(threading.get_ident() == loop_thread)
+
+    assert await store.sha256(upload_id, len(body), progress) == hashlib.sha256(body).hexdigest()
+    await asyncio.sleep(0)  # the last report was scheduled just before the hash returned
+    assert len(hashed) >= 4 and hashed == sorted(hashed) and hashed[-1] == len(body), hashed
+    assert all(on_loop)
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -30,6 +30,17 @@ class UploadProgress:
 
 
 @dataclass(frozen=True)
+class ProcessingProgress:
+    """How far processing got: `percent` (0-100, None when not known) and `message` are
+    those of the current step (the whole-file hash, then each post-finish hook)."""
+
+    upload_id: str
+    size: int
+    percent: float | None
+    message: str | None
+
+
+@dataclass(frozen=True)
 class BytesWritten:
     """Once per write request: how many bytes it added (after any checksum rollback)."""
 
@@ -63,6 +74,7 @@ class UploadExpired:
 Event = (
     UploadCreated
     | UploadProgress
+    | ProcessingProgress
     | BytesWritten
     | UploadFinished
     | UploadFailed
@@ -99,3 +111,7 @@ class ProgressThrottle:
             return False
         self._next = now + self._interval
         return True
+
+    def remaining(self, now: float) -> float:
+        """Seconds until the next event is due (0 when it is due already)."""
+        return max(0.0, self._next - now)

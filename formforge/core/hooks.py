@@ -5,7 +5,7 @@ after it is removed. The runner that calls HTTP, command and Python targets live
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +34,24 @@ class RequestInfo:
         }
 
 
+class HookProgress(Protocol):
+    """What one hook call may report about its own work while it runs (post-finish)."""
+
+    def report(self, percent: object, message: object = None) -> None:
+        """Percent done (0-100, or None) and a short message; checked, clamped, never
+        raises. Call it on the event loop."""
+
+    def token(self) -> str:
+        """An unguessable token that stands for this call until it ends (progress URLs)."""
+
+    def close(self) -> None:
+        """The call ended: later reports are dropped."""
+
+
+# Opens the report of the next hook call of one processing run.
+ProgressOpener = Callable[[], HookProgress]
+
+
 class Hooks(Protocol):
     def has(self, point: str) -> bool:
         """Whether any target is configured for `point`."""
@@ -46,10 +64,15 @@ class Hooks(Protocol):
         Raises `UploadError` when a target rejects (its status) or fails (503)."""
 
     async def run_all(
-        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+        self,
+        point: str,
+        info: UploadInfo,
+        request: RequestInfo | None = None,
+        progress: ProgressOpener | None = None,
     ) -> None:
         """post-finish and post-terminate: every target in order; the first failure raises
-        `HookFailed`."""
+        `HookFailed`. With `progress`, each call gets a report of its own, closed when the
+        call ends."""
 
 
 class NoHooks:
@@ -64,6 +87,10 @@ class NoHooks:
         return metadata
 
     async def run_all(
-        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+        self,
+        point: str,
+        info: UploadInfo,
+        request: RequestInfo | None = None,
+        progress: ProgressOpener | None = None,
     ) -> None:
         return None

@@ -21,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.events import EventBus, UploadFailed, UploadFinished
-from formforge.core.hooks import POST_FINISH, HookFailed, Hooks
+from formforge.core.hooks import POST_FINISH, HookFailed, Hooks, ProgressOpener
 from formforge.core.locker import BRIEF, KEEPING, Lock, Locker
 from formforge.core.model import ConcatRole, UploadInfo, UploadState
+from formforge.core.processing_progress import HASHING, ProcessingBoard
 from formforge.core.store import Digester, Reader, Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,14 @@ LOCK_ATTEMPTS = 3
 
 
 class Processor:
-    def __init__(self, store: Store, bus: EventBus, hooks: Hooks, locker: Locker) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        hooks: Hooks,
+        locker: Locker,
+        progress_interval_seconds: float = 0.25,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.hooks = hooks
@@ -51,6 +59,7 @@ class Processor:
         self._tasks: set[asyncio.Task[object]] = set()
         self._claims: set[Lock] = set()  # held while processing; let go of at `stop` too
         self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+        self.progress = ProcessingBoard(bus, progress_interval_seconds)
 
     async def finish(self, info: UploadInfo) -> UploadInfo:
         """Mark a full upload `processing` and process it in the background.
@@ -164,9 +173,11 @@ class Processor:
         return await self.locker.acquire(upload_id, BRIEF, force=True)
 
     async def _process(self, info: UploadInfo, claim: Lock) -> None:
+        self.progress.start(info.id, info.offset)  # every room hears `processing` first
         try:
             await self._process_claimed(info)
         finally:
+            self.progress.end(info.id)  # nothing of processing after its outcome's event
             self._claims.discard(claim)
             await claim.release()
 
@@ -174,7 +185,7 @@ class Processor:
         try:
             sha256 = await self._sha256(info)
             info = await self._update(info.id, sha256=sha256)
-            await self.hooks.run_all(POST_FINISH, info)
+            await self.hooks.run_all(POST_FINISH, info, progress=self._hook_progress(info))
             done = await self._update(info.id, state=UploadState.COMPLETE)
         except (HookFailed, UploadError, OSError) as error:
             await self._fail(info, error)
@@ -205,16 +216,32 @@ class Processor:
     async def _sha256(self, info: UploadInfo) -> str:
         async with self._hashing:
             if isinstance(self.store, Digester):
-                return await self.store.sha256(info.id, info.offset)
+                return await self.store.sha256(info.id, info.offset, self._hash_progress(info))
             return await self._sha256_streamed(info)
 
     async def _sha256_streamed(self, info: UploadInfo) -> str:
         if not isinstance(self.store, Reader):
             raise UploadError(ErrorKind.INTERNAL, "this store cannot read uploads back")
-        hasher = hashlib.sha256()
+        hasher, hashed, progress = hashlib.sha256(), 0, self._hash_progress(info)
         async for chunk in self.store.read(info.id, 0, info.offset):
             await asyncio.to_thread(hasher.update, chunk)  # hashlib lets go of the GIL
+            hashed += len(chunk)
+            progress(hashed)
         return hasher.hexdigest()
+
+    def _hash_progress(self, info: UploadInfo) -> Callable[[int], None]:
+        """How far the whole-file hash got, as the processing step's percent."""
+        size = info.offset
+
+        def report(hashed: int) -> None:
+            done = 100.0 if size == 0 else round(min(hashed, size) * 100 / size, 2)
+            self.progress.set(info.id, done, HASHING)
+
+        return report
+
+    def _hook_progress(self, info: UploadInfo) -> ProgressOpener:
+        """Each post-finish hook call's own report: its percent and message."""
+        return lambda: self.progress.hook_report(info.id)
 
 
 def _unprocessed(info: UploadInfo, partial: bool = False) -> bool:

@@ -69,7 +69,7 @@ class UploadService:
         self.bus = bus
         self.limits = limits
         self.hooks: Hooks = hooks or NoHooks()
-        self.processor = Processor(store, bus, self.hooks, locker)
+        self.processor = Processor(store, bus, self.hooks, locker, limits.progress_interval_seconds)
         self.bandwidth = Bandwidth(limits.bandwidth_per_upload, limits.bandwidth_total)
         self._writes: set[asyncio.Task[UploadInfo]] = set()
         self.writes_started = 0  # ever, in this process: whether anything happened lately

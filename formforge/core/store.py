@@ -100,5 +100,8 @@ class Digester(Protocol):
     """Optional: a store that can hash an upload where its bytes are, without streaming them
     through the event loop (processing falls back to `Reader` otherwise)."""
 
-    async def sha256(self, upload_id: str, size: int) -> str:
-        """The hex sha256 of the upload's first `size` bytes."""
+    async def sha256(
+        self, upload_id: str, size: int, progress: Callable[[int], None] | None = None
+    ) -> str:
+        """The hex sha256 of the upload's first `size` bytes. `progress`, if given, is
+        called on the event loop with how many bytes are hashed so far, as hashing goes."""

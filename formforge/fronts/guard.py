@@ -24,13 +24,17 @@ class GuardedApplication(Application):
 
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
         assign_request_id(request)  # first: a refused request has an id too
+        # Routing first (it runs nothing): a handler that checks a token of its own (a
+        # hook's progress URL) needs no bearer token.
+        delegate = super().find_handler(request, **kwargs)
         if (
             self.tokens.enabled
             and not self.tokens.exempts(request)
+            and not getattr(delegate.handler_class, "checks_its_own_token", False)
             and not (self.tokens.allows_header(request.headers.get("Authorization")))
         ):
             return self.get_handler_delegate(request, UnauthorizedHandler)
-        return super().find_handler(request, **kwargs)
+        return delegate
 
 
 @stream_request_body  # so it answers right after the headers, before any body is read

@@ -129,7 +129,8 @@ class RestUploadHandler(StreamingWriteHandler, RestFront):
 
     async def get(self, upload_id: str) -> None:
         info = await self.service.status(upload_id)
-        self.finish(status_payload(info, self.service.expires_at(info)))
+        processing = self.service.processor.progress.status(info.id)
+        self.finish(status_payload(info, self.service.expires_at(info), processing))
 
     async def delete(self, upload_id: str) -> None:
         await self.service.terminate(upload_id, self.request_info())

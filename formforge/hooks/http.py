@@ -2,20 +2,37 @@
 
 A non-2xx answer, a time-out or a refused connection is retried: 3 attempts in all, with
 backoff, before the hook counts as failed.
+
+A post-finish call's JSON carries `progressUrl`: FormForge's own address with a token that
+stands for this one call (unguessable, void once the call ends). The target may POST
+`{"percent": 40, "message": "indexing"}` there while it works (`fronts/hook_progress.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from formforge.core.hooks import HookFailed
+from formforge.core.hooks import HookFailed, HookProgress
 
 ATTEMPTS = 3
 BACKOFF_SECONDS = (0.2, 0.8)
+
+
+class HttpCaller:
+    def __init__(self, progress_url: Callable[[], str] | None) -> None:
+        self.progress_url = progress_url  # the base; each call's token is appended
+
+    async def __call__(
+        self, url: str, payload: dict[str, Any], timeout: float, report: HookProgress | None
+    ) -> Any:
+        if report is not None and self.progress_url is not None:
+            payload = {**payload, "progressUrl": self.progress_url() + report.token()}
+        return await call_http(url, payload, timeout)
 
 
 async def call_http(url: str, payload: dict[str, Any], timeout: float) -> Any:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from formforge.core.errors import ErrorKind, UploadError
-from formforge.core.hooks import PRE_CREATE, HookFailed, RequestInfo
+from formforge.core.hooks import PRE_CREATE, HookFailed, HookProgress, ProgressOpener, RequestInfo
 from formforge.core.metadata import binary_values, is_text
 from formforge.core.model import UploadInfo
 from formforge.hooks.command import call_command
-from formforge.hooks.http import call_http
+from formforge.hooks.http import HttpCaller
 from formforge.hooks.payloads import hook_new_upload, hook_upload
 from formforge.hooks.python import PythonCaller
 
@@ -34,8 +34,8 @@ class Target:
         return f"{self.transport}:{self.address}"
 
 
-# (address, the JSON object, time-out) -> the target's answer.
-Transport = Callable[[str, dict[str, Any], float], Awaitable[Any]]
+# (address, the JSON object, time-out, the call's progress report) -> the target's answer.
+Transport = Callable[[str, dict[str, Any], float, HookProgress | None], Awaitable[Any]]
 # (point, transport, seconds, ok) -> None: what metrics hear of every call.
 Observer = Callable[[str, str, float, bool], None]
 
@@ -46,12 +46,15 @@ class HookRunner:
         targets: Mapping[str, Sequence[Target]],
         timeout_seconds: float,
         observe: Observer | None = None,
+        progress_url: Callable[[], str] | None = None,
     ) -> None:
+        """`progress_url()`: where HTTP targets POST progress (a token is appended per call);
+        asked at each call, as the server's own address is known only once it listens."""
         self.targets = targets
         self.timeout = timeout_seconds
         self.observe = observe or (lambda *_: None)
         self.transports: dict[str, Transport] = {
-            "http": call_http,
+            "http": HttpCaller(progress_url),
             "command": call_command,
             "python": PythonCaller(),
         }
@@ -78,15 +81,30 @@ class HookRunner:
         return metadata
 
     async def run_all(
-        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+        self,
+        point: str,
+        info: UploadInfo,
+        request: RequestInfo | None = None,
+        progress: ProgressOpener | None = None,
     ) -> None:
-        """post-finish and post-terminate: every target in order; the first failure raises."""
+        """post-finish and post-terminate: every target in order; the first failure raises.
+        With `progress`, each call may report its own progress until it returns."""
         upload = hook_upload(info)
         for target in self.targets.get(point, ()):
-            await self._call(point, target, upload, request)
+            report = progress() if progress else None
+            try:
+                await self._call(point, target, upload, request, report)
+            finally:
+                if report is not None:
+                    report.close()
 
     async def _call(
-        self, point: str, target: Target, upload: dict[str, Any], request: RequestInfo | None
+        self,
+        point: str,
+        target: Target,
+        upload: dict[str, Any],
+        request: RequestInfo | None,
+        report: HookProgress | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {"type": point, "upload": upload}
         if request is not None:
@@ -94,7 +112,8 @@ class HookRunner:
         started = time.monotonic()
         ok = False
         try:
-            answer = await self.transports[target.transport](target.address, payload, self.timeout)
+            call = self.transports[target.transport]
+            answer = await call(target.address, payload, self.timeout, report)
             if not isinstance(answer, dict):
                 raise HookFailed(f"{target} answered {type(answer).__name__}, not an object")
             ok = True

@@ -9,7 +9,14 @@ from typing import Any
 
 import socketio
 
-from formforge.core.events import Event, UploadFailed, UploadFinished, UploadProgress
+from formforge.core.events import (
+    Event,
+    ProcessingProgress,
+    UploadFailed,
+    UploadFinished,
+    UploadProgress,
+)
+from formforge.core.processing_progress import ProcessingStatus
 from formforge.realtime.namespace import room_of
 from formforge.wire import complete_payload, error_payload, progress_payload
 
@@ -28,6 +35,10 @@ class RealtimeBridge:
                 self._emit(
                     "uploadProgress", upload_id, progress_payload(upload_id, offset, size, speed)
                 )
+            case ProcessingProgress(upload_id, size, done, message):
+                status = ProcessingStatus(done, message)
+                payload = progress_payload(upload_id, size, size, 0.0, status)
+                self._emit("uploadProgress", upload_id, payload)
             case UploadFinished(info):
                 self._emit(
                     "uploadComplete", info.id, complete_payload(info, self.download_url(info.id))

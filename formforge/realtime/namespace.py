@@ -15,7 +15,7 @@ from formforge.core.errors import UploadError
 from formforge.core.ids import is_valid_upload_id
 from formforge.core.service import UploadService
 from formforge.realtime.client_errors import MalformedFrames
-from formforge.wire import progress_payload
+from formforge.wire import snapshot_payload
 
 
 def room_of(upload_id: str) -> str:
@@ -73,9 +73,8 @@ class UploadNamespace(socketio.AsyncNamespace):
         room = room_of(upload_id)
         await self.enter_room(sid, room)
         # The snapshot: a client that (re)joins learns at once where the upload stands.
-        await self.emit(
-            "uploadProgress", progress_payload(info.id, info.offset, info.size, 0.0), to=sid
-        )
+        processing = self.service.processor.progress.status(info.id)
+        await self.emit("uploadProgress", snapshot_payload(info, processing), to=sid)
         return {"ok": True, "room": room}
 
     async def on_leaveUploadRoom(self, sid: str, upload_id: Any = None, *_: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import secrets
@@ -28,6 +27,7 @@ from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.ids import is_valid_upload_id
 from formforge.core.model import NewUpload, UploadInfo, UploadState
 from formforge.core.store import Store
+from formforge.stores.digest import sha256_of_file
 from formforge.stores.records import (
     Record,
     apply_changes,
@@ -280,8 +280,10 @@ class FileStore(Store):
                 remaining -= len(chunk)
                 yield chunk
 
-    async def sha256(self, upload_id: str, size: int) -> str:
-        return await asyncio.to_thread(_sha256_of, self.data_path(upload_id), size)
+    async def sha256(
+        self, upload_id: str, size: int, progress: Callable[[int], None] | None = None
+    ) -> str:
+        return await sha256_of_file(self.data_path(upload_id), size, progress)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -357,20 +359,6 @@ async def _in_thread(work: Callable[..., _T], *args: Any) -> _T:
     except asyncio.CancelledError:
         await asyncio.wait({future})
         raise
-
-
-def _sha256_of(path: str, size: int) -> str:
-    """One thread reads and hashes the file through one buffer (hashlib lets go of the GIL)."""
-    hasher = hashlib.sha256()
-    view = memoryview(bytearray(READ_CHUNK))
-    with open(path, "rb", buffering=0) as source:
-        while size > 0:
-            count = source.readinto(view[: min(size, READ_CHUNK)])
-            if not count:
-                raise UploadError(ErrorKind.INTERNAL, "the upload is shorter than recorded")
-            hasher.update(view[:count])
-            size -= count
-    return hasher.hexdigest()
 
 
 def _copy_range(source: int, target: int, count: int) -> None:
