@@ -178,7 +178,7 @@ def test_each_transports_reports_reach_the_room_throttled(
 def test_hook_garbage_is_clamped_or_dropped_with_one_log_line(
         start_server: Callable[..., Any], tmp_path: Path, end: ReporterEnd) -> None:
     (end.control / "garbage").touch()
-    server = serve(start_server, tmp_path, 50, end)
+    server = serve(start_server, tmp_path, 0, end)  # no throttle: every report goes out
 
     async def scenario() -> None:
         upload_id = await off_loop(TusUploader(server).create, 5000)
@@ -193,6 +193,10 @@ def test_hook_garbage_is_clamped_or_dropped_with_one_log_line(
             end.release(2)
             complete = await watcher.wait_for("uploadComplete", upload_id)
         check_the_room(watcher, 5000)  # every event still valid: clamped and cut
+        steps = [event["processing"] for event in stage(watcher, "processing")]
+        assert {"percent": 100, "message": "x" * 200} in steps, "1e9 clamped, 5000 x cut"
+        assert {"percent": None, "message": "two lines"} in steps, "one printable line"
+        assert all(step["percent"] is None or 0 <= step["percent"] <= 100 for step in steps)
         assert complete["sha256"] == hashlib.sha256(b"p" * 5000).hexdigest()
         lines = [line for line in server.output
                  if f"hook progress ignored upload_id={upload_id}" in line]
