@@ -15,8 +15,12 @@ from typing import Any
 
 import pytest
 
+from formforge.core.events import Event, EventBus, ProcessingProgress, UploadFinished
+from formforge.core.hooks import NoHooks
 from formforge.core.ids import new_upload_id
 from formforge.core.model import ConcatRole, NewUpload, UploadInfo
+from formforge.core.processing import Processor
+from formforge.locks.memory import MemoryLocker
 from formforge.stores.s3.store import MAX_PARTS, MIN_PART, S3Store
 from tests.seaweed import s3_store_fixture, s3_stores_fixture, seaweed_fixture  # noqa: F401
 
@@ -317,3 +321,26 @@ async def test_recover_removes_stale_leftovers_only(s3_stores: Callable[..., S3S
     uploads = [u async for u in store._multiparts(store.prefix)]
     assert [key for key, _, _ in uploads] == [store.key(live)]
     assert (await store.get_info(live)).offset == 6 * MIB
+
+
+@slow
+async def test_processing_an_s3_upload_reports_how_far_the_streamed_hash_got(
+    s3_store: S3Store,
+) -> None:
+    """S3 has no Digester: processing streams the bytes and reports each chunk hashed."""
+    data = os.urandom(3 * MIB + 5)
+    upload_id = await create(s3_store, len(data))
+    await s3_store.write(upload_id, 0, pieces(data))
+    bus, heard = EventBus(), asyncio.Queue[Event]()
+    bus.subscribe(heard.put_nowait)
+    processor = Processor(s3_store, bus, NoHooks(), MemoryLocker(), progress_interval_seconds=0)
+    await processor.finish(await s3_store.get_info(upload_id))
+    events: list[Event] = []
+    while not isinstance(event := await heard.get(), UploadFinished):
+        events.append(event)
+    steps = [(e.percent, e.message) for e in events if isinstance(e, ProcessingProgress)]
+    assert steps[0] == (0.0, "hashing"), "one event as processing starts"
+    percents = [percent for percent, _ in steps]
+    assert percents == sorted(percents) and percents[-1] == 100, steps
+    assert len([p for p in percents if p is not None and 0 < p < 100]) >= 3, steps
+    assert event.info.sha256 == hashlib.sha256(data).hexdigest()
