@@ -254,6 +254,29 @@ def test_processing_resumed_after_a_restart_is_heard_as_processing(
     assert wait_for_state(server, upload_id, "complete")["sha256"]
 
 
+def test_a_concatenation_final_is_heard_processing(
+        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    end = PythonEnd(tmp_path)
+    server = serve(start_server, tmp_path, INTERVAL_MS, end)
+    tus = {"Tus-Resumable": "1.0.0"}
+    try:
+        parts = []
+        for data in (b"first part ", b"second part"):
+            created = HTTP.post(server.files_url, timeout=WAIT, headers={
+                **tus, "Upload-Concat": "partial", "Upload-Length": str(len(data))})
+            parts.append(created.headers["Location"])
+            patched = HTTP.patch(parts[-1], data=data, timeout=WAIT, headers={
+                **tus, "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream"})
+            assert patched.status_code == 204
+        final = HTTP.post(server.files_url, timeout=WAIT, headers={
+            **tus, "Upload-Concat": "final;" + " ".join(parts)})
+        assert final.status_code == 201, final.text
+        asyncio_run_until_indexing(server, final.headers["Location"].rsplit("/", 1)[-1])
+    finally:
+        end.close()
+
+
 def asyncio_run_until_indexing(server: Any, upload_id: str) -> None:
     """Join the room (its snapshot says `processing`), then hear the hook say "indexing"."""
     async def scenario() -> None:

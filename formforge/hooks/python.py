@@ -5,8 +5,9 @@ slow hook never blocks the event loop, and hooks that hang past their time-out (
 cannot be stopped) tie up only that pool, never the one the store's disk work runs in.
 Either is cut off at the time-out.
 
-A post-finish callable with a parameter named `report` (or `**kwargs`) gets a
-`report(percent, message=None)` it may call, from its coroutine or its thread, while it works.
+A callable with a parameter named `report` (or `**kwargs`) gets a `report(percent,
+message=None)` it may call, from its coroutine or its thread, while it works; only
+post-finish reports are heard (as processing progress).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class PythonCaller:
         target = _load(address)
         loop = asyncio.get_running_loop()
         function = target
-        if report is not None and _takes_report(target):
-            function = functools.partial(target, report=_from_any_thread(report, loop))
+        if _takes_report(target):  # at other points than post-finish, reports go nowhere
+            reporter = _from_any_thread(report, loop) if report else _nowhere
+            function = functools.partial(target, report=reporter)
         try:
             if inspect.iscoroutinefunction(target):
                 return await asyncio.wait_for(function(payload), timeout)
@@ -63,6 +65,10 @@ def _from_any_thread(report: HookProgress, loop: asyncio.AbstractEventLoop) -> C
             loop.call_soon_threadsafe(report.report, percent, message)
 
     return call
+
+
+def _nowhere(percent: object = None, message: object = None) -> None:
+    """`report` for a hook point whose progress nobody hears (pre-create, post-terminate)."""
 
 
 @cache
