@@ -40,9 +40,9 @@ WAIT = 10.0
 
 
 def serve(start_server: Callable[..., Any], tmp_path: Path, interval_ms: int,
-          end: ReporterEnd | None = None) -> Any:
+          end: ReporterEnd | None = None, **more: Any) -> Any:
     config: dict[str, Any] = {"events": {"progress_interval_ms": interval_ms},
-                              "storage": {"fsync": False}}
+                              "storage": {"fsync": False}, **more}
     if end is not None:
         config["hooks"] = {"timeout_seconds": 60, "post_finish": [end.target()]}
     path = tmp_path / "processing.yaml"
@@ -222,6 +222,29 @@ def post_nonsense(url: str) -> None:
     assert HTTP.post(url[:-4] + "AAAA", json={}, timeout=WAIT).status_code == 404
 
 
+def test_with_auth_on_a_progress_url_is_its_own_authorization(
+        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    end = HttpEnd(tmp_path)
+    server = serve(start_server, tmp_path, 0, end, auth={"bearer_tokens": ["sekrit"]})
+    bearer = {"Authorization": "Bearer sekrit", "Tus-Resumable": "1.0.0"}
+    try:
+        created = HTTP.post(server.files_url, headers={**bearer, "Upload-Length": "3"},
+                            timeout=WAIT)
+        upload_id = created.headers["Location"].rsplit("/", 1)[-1]
+        assert HTTP.patch(created.headers["Location"], data=b"abc", timeout=WAIT, headers={
+            **bearer, "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream"}).status_code == 204
+        status = wait_for_state(server, upload_id, "processing", bearer,
+                                lambda status: status["processing"]["message"] == "indexing")
+        assert status["processing"] == {"percent": 25, "message": "indexing"}
+        assert end.report_statuses == [204], "the hook sent no bearer token, only its URL"
+        assert HTTP.post(end.progress_urls[0][:-4] + "AAAA", json={},
+                         timeout=WAIT).status_code == 404, "a token of its own, not none"
+    finally:
+        end.close()
+    wait_for_state(server, upload_id, "complete", bearer)
+
+
 # ============================================================ REST, the join snapshot, restarts
 
 
@@ -295,11 +318,15 @@ def asyncio_run_until_indexing(server: Any, upload_id: str) -> None:
     run(scenario())
 
 
-def wait_for_state(server: Any, upload_id: str, state: str) -> dict[str, Any]:
+def wait_for_state(server: Any, upload_id: str, state: str,
+                   headers: dict[str, str] | None = None,
+                   check: Callable[[dict[str, Any]], bool] = lambda status: True,
+                   ) -> dict[str, Any]:
     async def poll() -> dict[str, Any]:
         while True:
-            status = HTTP.get(f"{server.url}/api/files/upload/{upload_id}", timeout=WAIT).json()
-            if status["state"] == state:
+            status = HTTP.get(f"{server.url}/api/files/upload/{upload_id}", timeout=WAIT,
+                              headers=headers).json()
+            if status["state"] == state and check(status):
                 return dict(status)
             await asyncio.sleep(0.05)
 
