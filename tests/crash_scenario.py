@@ -29,7 +29,7 @@ stored URL, REST PUTs, or raw PATCH), its REST state must become `complete` with
 sha256, the download must match, and a last restart with a fast sweeper must leave the
 data dir holding only `<id>.bin` + `<id>.info` of live uploads and tombstone `.info` files.
 
-Shared by tests/test_reliability.py (20 kills) and tools/crash_matrix.py (`--kills N`).
+Shared by tests/system/test_reliability.py (20 kills) and tools/crash_matrix.py (`--kills N`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 from tusclient.uploader import Uploader
 
-from tests.test_interruptions import (
+from tests.system.test_interruptions import (
     Response,
     call,
     download_sha256,

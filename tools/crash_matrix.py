@@ -1,6 +1,6 @@
 """The crash matrix as a script: `python tools/crash_matrix.py --kills 100 --seed 7`.
 
-The same scenario as tests/test_reliability.py (tests/crash_scenario.py), with as many
+The same scenario as tests/system/test_reliability.py (tests/crash_scenario.py), with as many
 SIGKILLs as asked, against a real `formforge serve` on 127.0.0.1 and a fresh data dir.
 Prints kills survived, uploads, bytes lost (must be 0) and offsets that went backwards;
 exits 0 only when nothing was lost and every check held.

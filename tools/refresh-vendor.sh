@@ -5,7 +5,7 @@
 # Versions are pinned exactly in tools/vendor/package.json and locked by the committed
 # tools/vendor/package-lock.json. To upgrade: change the pins, run
 #   (cd tools/vendor && npm install --package-lock-only --ignore-scripts)
-# then this script, then the browser test (tests/test_page.py), and commit all three.
+# then this script, then the browser test (tests/system/test_page.py), and commit all three.
 #
 # Needs Node.js, npm and the npm registry; writes only static/vendor/.
 set -euo pipefail

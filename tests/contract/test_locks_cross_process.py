@@ -1,7 +1,7 @@
 """One writer at a time across processes: the Redis locker and the file locker.
 
 CONTRACT.md, "One writer at a time", with several processes (`serve --workers N`) or nodes
-(`cluster.redis_url`): the rules of tests/test_locker_contract.py, with the holder in
+(`cluster.redis_url`): the rules of tests/contract/test_locker_contract.py, with the holder in
 another process. A holder is a real child process (HOLDER below) holding a lock for a real
 `BodyStream`; the asker is this process. Redis is a real `redis-server` on 127.0.0.1.
 
@@ -39,7 +39,7 @@ from tests.redis_server import redis_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AT_ONCE = 0.5  # seconds: a free lock, a refusal, a dead flock holder
 TAKEOVER = 1.0  # "the new request proceeds within a second"
 SLACK = 0.3  # scheduling slack on top of a contract's time

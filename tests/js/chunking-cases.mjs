@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Runs the page's chunk-size rule (static/chunking.js, an ES module the page imports) on
-// cases read from stdin, for tests/test_throughput.py.
+// cases read from stdin, for tests/protocol/test_throughput.py.
 //
 // stdin: [[bytes, seconds, current], ...]; stdout: {"constants": {...}, "next": [size, ...]}
 import fs from 'node:fs'

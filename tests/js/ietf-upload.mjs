@@ -2,7 +2,7 @@
 // Upload one file with the real, unmodified tus-js-client speaking the IETF draft
 // "Resumable Uploads for HTTP" instead of tus: `protocol: 'ietf-draft-03'` sends
 // Upload-Draft-Interop-Version 5, `'ietf-draft-05'` sends 6. Used by
-// tests/test_ietf_draft.py; run with --help for the options.
+// tests/protocol/test_ietf_draft.py; run with --help for the options.
 //
 // On success: one JSON line {"url": ..., "bytes": N} on stdout, exit 0.
 // On error: the error on stderr, exit 1. With --verbose, the upload URL and each

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Upload one file with the real, unmodified tus-js-client (its Node build).
-// Used by tests/test_real_clients.py; run with --help for the options.
+// Used by tests/system/test_real_clients.py; run with --help for the options.
 //
 // On success: one JSON line {"url": ..., "bytes": N} on stdout, exit 0.
 // On error: the error on stderr, exit 1. With --verbose, progress also goes to stderr.

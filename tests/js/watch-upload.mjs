@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Watch one upload's live events with the real, unmodified socket.io-client.
-// Used by tests/test_realtime.py; run with --help for the options.
+// Used by tests/protocol/test_realtime.py; run with --help for the options.
 //
 // Prints one JSON line per thing that happens, on stdout: the join acknowledgement as
 // {"event": "joinUploadRoom", "data": ack}, then each server event as

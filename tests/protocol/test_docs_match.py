@@ -9,7 +9,7 @@
   of a REST upload, a deferred-length upload, and `uploadError` for a bad tus checksum, a body
   past the size, a connection cut mid-chunk and a deletion; the acknowledgements too.
 
-(The REST answers are validated against openapi.yaml by `tests/test_rest.py`.)
+(The REST answers are validated against openapi.yaml by `tests/protocol/test_rest.py`.)
 """
 
 from __future__ import annotations

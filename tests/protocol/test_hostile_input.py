@@ -4,8 +4,8 @@
     Content-Range, Socket.IO payloads -- the answer is never a 5xx and never a traceback,
     nothing is written outside the data directory, and the server stays healthy.
 
-This module extends tests/test_bad_input.py and tests/test_rest.py (which already cover
-many single bad headers and bodies); what is new here:
+This module extends test_bad_input.py and test_rest.py beside it (which already cover many
+single bad headers and bodies); what is new here:
 
 - property tests (hypothesis, bounded) over all tus request headers at once, including
   `X-HTTP-Method-Override` and `Content-Type`, on the creation URL, an upload, a final

@@ -64,7 +64,7 @@ WAIT = 5.0  # seconds: any one wait for an event, an ack or an HTTP answer
 AT_ONCE = 1.0  # seconds: "at once" (the join snapshot)
 QUIET = 0.5  # seconds of silence that show an event is *not* coming
 TEST_DEADLINE = 30.0  # seconds: a whole scenario
-JS_DIR = Path(__file__).resolve().parent / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 WATCH_JS = JS_DIR / "watch-upload.mjs"
 
 HTTP = requests.Session()

@@ -39,7 +39,7 @@ from tests.schemas import validate_rest
 KiB = 1024
 MiB = 1024 * KiB
 TIMEOUT = 30.0
-CHUNKING_CASES_JS = Path(__file__).resolve().parent / "js" / "chunking-cases.mjs"
+CHUNKING_CASES_JS = Path(__file__).resolve().parents[1] / "js" / "chunking-cases.mjs"
 
 
 # ============================================================ the rate and the advice

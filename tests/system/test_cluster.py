@@ -66,7 +66,7 @@ from tests.seaweed import Seaweed, create_bucket, seaweed_fixture  # noqa: F401
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 TEMPLATE = TESTS / "cluster_nginx.conf.template"
 DEPLOY_GUIDE = TESTS.parent / "docs" / "deploy.md"
 

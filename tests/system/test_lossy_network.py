@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 SIZE = 50 * MiB
 FALLBACK_SIZE = 1 * MiB  # when the client's TCP must be loss-based (no BBR)

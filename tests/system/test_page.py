@@ -28,7 +28,7 @@ import requests
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INDEX_HTML = ROOT / "static" / "index.html"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

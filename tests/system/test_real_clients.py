@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 KiB = 1024
 MiB = 1024 * KiB
-JS_DIR = Path(__file__).resolve().parent / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 TUS_UPLOAD_JS = JS_DIR / "tus-upload.mjs"
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
 HTTP_TIMEOUT = 30.0  # seconds, for each of our own requests

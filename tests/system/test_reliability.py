@@ -12,7 +12,7 @@ CONTRACT.md, tus at /files/:
   removed and requests get 410."
 - The disk store answers 507 (`insufficient-storage`, retryable) when the disk is full.
 
-Requests are HTTP/1.1 on raw sockets (the helpers of tests/test_interruptions.py), so a
+Requests are HTTP/1.1 on raw sockets (the helpers of tests/system/test_interruptions.py), so a
 test can stall, trickle or be cut wherever it likes. Every loop and every wait is bounded.
 The crash matrix itself lives in tests/crash_scenario.py, shared with
 tools/crash_matrix.py (the same scenario with as many kills as asked).
@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from tests.crash_scenario import MOMENTS, CrashMatrix, CrashPlan, PatternSource
-from tests.test_interruptions import (
+from tests.system.test_interruptions import (
     BodySender,
     Response,
     call,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from formforge import config
 from formforge.config import ConfigError, Settings, load_settings
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
 
 @pytest.fixture(autouse=True)
