@@ -36,10 +36,24 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "formforge", "serve", "--host", "127.0.0.1", *port_args,
-             "--data-dir", str(self.data_dir), *self.args],
-            cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,  # its own group: kill() reaches --workers too
+            [
+                sys.executable,
+                "-m",
+                "formforge",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                *port_args,
+                "--data-dir",
+                str(self.data_dir),
+                *self.args,
+            ],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own group: kill() reaches --workers too
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
@@ -108,8 +122,9 @@ def running_server(base: Path, config_text: str) -> Iterator[ServerProcess]:
     config = base / "conf" / "config.yaml"
     config.parent.mkdir(exist_ok=True)
     config.write_text(config_text)
-    process = ServerProcess(data_dir=base / "data", args=["--config", str(config)],
-                            env=clean_environ(), cwd=base)
+    process = ServerProcess(
+        data_dir=base / "data", args=["--config", str(config)], env=clean_environ(), cwd=base
+    )
     try:
         yield process.start()
     finally:
@@ -123,12 +138,17 @@ def start_server(tmp_path: Path) -> Iterator[object]:
     """Factory: `start_server(args=[...], env={...})` starts a real server process."""
     started: list[ServerProcess] = []
 
-    def start(args: list[str] | None = None, env: dict[str, str] | None = None,
-              data_dir: Path | None = None) -> ServerProcess:
+    def start(
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> ServerProcess:
         full_env = clean_environ()
         full_env.update(env or {})
         server = ServerProcess(
-            data_dir=data_dir or tmp_path / "data", args=list(args or []), env=full_env,
+            data_dir=data_dir or tmp_path / "data",
+            args=list(args or []),
+            env=full_env,
             cwd=tmp_path,
         )
         started.append(server)
@@ -153,8 +173,13 @@ def node() -> str:
         npm = shutil.which("npm")
         if npm is None:
             pytest.fail("node is installed but npm is not: cannot run `npm ci --prefix tests/js`")
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode != 0:
             pytest.fail(f"`npm ci` in tests/js failed:\n{proc.stdout}\n{proc.stderr}")
     return node

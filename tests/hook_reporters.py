@@ -29,7 +29,7 @@ from typing import Any
 
 BURST = 50
 
-STEPS = r'''
+STEPS = r"""
 import asyncio, json, os, time
 
 BURST = @BURST@
@@ -66,12 +66,12 @@ async def run_steps_async(report, control):
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(control, name)) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-'''.replace("@BURST@", str(BURST))
+""".replace("@BURST@", str(BURST))
 
 COMMAND_SCRIPT = (
     "import sys\n"
     + STEPS
-    + r'''
+    + r"""
 def report(percent, message):
     print(json.dumps({"progress": percent, "message": message}), file=sys.stderr, flush=True)
 
@@ -79,13 +79,13 @@ json.load(sys.stdin)
 print("an ordinary line on standard error", file=sys.stderr, flush=True)
 run_steps(report, sys.argv[1])
 print("{}")
-'''
+"""
 )
 
 PYTHON_MODULE = (
     "CONTROL = @CONTROL@\n"
     + STEPS
-    + r'''
+    + r"""
 def hook(payload, report):  # a plain function: runs in a thread, reports from there
     run_steps(report, CONTROL)
     return {}
@@ -94,7 +94,7 @@ def hook(payload, report):  # a plain function: runs in a thread, reports from t
 async def ahook(payload, report):  # a coroutine: reports from the event loop
     await run_steps_async(report, CONTROL)
     return {}
-'''
+"""
 )
 
 
@@ -179,8 +179,9 @@ class HttpEnd(ReporterEnd):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 url = json.loads(body)["progressUrl"]
                 end.progress_urls.append(url)
-                end._run_steps(lambda percent, message: end.post(url, percent, message),
-                               str(end.control))
+                end._run_steps(
+                    lambda percent, message: end.post(url, percent, message), str(end.control)
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
@@ -198,8 +199,9 @@ class HttpEnd(ReporterEnd):
         with requests.Session() as session:
             session.trust_env = False  # loopback only
             body = json.dumps({"percent": percent, "message": message})  # NaN included
-            answer = session.post(url, data=body, timeout=10,
-                                  headers={"Content-Type": "application/json"})
+            answer = session.post(
+                url, data=body, timeout=10, headers={"Content-Type": "application/json"}
+            )
         self.report_statuses.append(answer.status_code)
 
     def target(self) -> dict[str, str]:

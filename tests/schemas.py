@@ -33,9 +33,7 @@ OPENAPI_URI = "urn:formforge:openapi"
 ASYNCAPI_URI = "urn:formforge:asyncapi"
 
 # RFC 3339 date-time (what OpenAPI/JSON Schema `format: date-time` means).
-_DATE_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
-)
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 FORMATS = FormatChecker(formats=())
 

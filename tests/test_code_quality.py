@@ -11,10 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("command", [
-    [sys.executable, "-m", "mypy", "formforge"],
-    [sys.executable, "-m", "ruff", "check", "formforge", "tests", "bench", "tools"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "mypy", "formforge"],
+        [sys.executable, "-m", "ruff", "check", "formforge", "tests", "bench", "tools"],
+    ],
+)
 def test_static_checks_pass(command: list[str]) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

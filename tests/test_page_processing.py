@@ -33,14 +33,20 @@ FIGURES_JS = """(name) => {
 
 
 def test_a_row_shows_the_processing_stage_and_what_the_hook_reports(
-    start_server: Callable[..., Any], browser: Any, tmp_path: Path  # noqa: F811
+    start_server: Callable[..., Any],
+    browser: Any,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     end = PythonEnd(tmp_path)
     config = tmp_path / "formforge.yaml"
-    config.write_text(yaml.safe_dump({
-        "events": {"progress_interval_ms": 100},
-        "hooks": {"timeout_seconds": 60, "post_finish": [end.target()]},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "events": {"progress_interval_ms": 100},
+                "hooks": {"timeout_seconds": 60, "post_finish": [end.target()]},
+            }
+        )
+    )
     server = start_server(args=["--config", str(config)], env=end.env)
     source = random_file(tmp_path / "report.pdf", 300 * 1024)
     ui = PageUnderTest(browser, server.url + "/")

@@ -28,11 +28,13 @@ def end(tmp_path: Path) -> Iterator[HttpEnd]:
 def mounted(tmp_path: Path, end: HttpEnd, io_loop: Any) -> Iterator[Any]:
     from formforge import FormForge, Settings
 
-    settings = Settings.model_validate({
-        "storage": {"path": str(tmp_path / "data"), "fsync": False},
-        "events": {"progress_interval_ms": 0},
-        "hooks": {"timeout_seconds": 30, "post_finish": [end.target()]},
-    })
+    settings = Settings.model_validate(
+        {
+            "storage": {"path": str(tmp_path / "data"), "fsync": False},
+            "events": {"progress_interval_ms": 0},
+            "hooks": {"timeout_seconds": 30, "post_finish": [end.target()]},
+        }
+    )
     uploads = FormForge(settings, prefix="/uploads", socketio=False)
     yield uploads
     end.close()  # let the hook return before the server goes
@@ -50,12 +52,14 @@ async def test_a_mounted_formforges_hooks_report_under_its_prefix(
 ) -> None:
     await mounted.start(base_url)
     created = await http_client.fetch(
-        f"{base_url}/uploads/api/files/upload", method="POST",
+        f"{base_url}/uploads/api/files/upload",
+        method="POST",
         body=json.dumps({"filename": "a.txt", "size": 3}),
     )
     upload_url = json.loads(created.body)["uploadUrl"]
-    await http_client.fetch(upload_url, method="PUT", body=b"abc",
-                            headers={"Content-Range": "bytes 0-2/3"})
+    await http_client.fetch(
+        upload_url, method="PUT", body=b"abc", headers={"Content-Range": "bytes 0-2/3"}
+    )
     while not end.report_statuses:  # bounded by the test's timeout
         await asyncio.sleep(0.02)
     [progress_url] = end.progress_urls
@@ -63,4 +67,6 @@ async def test_a_mounted_formforges_hooks_report_under_its_prefix(
     assert end.report_statuses == [204]
     status = json.loads((await http_client.fetch(upload_url)).body)
     assert (status["state"], status["processing"]) == (
-        "processing", {"percent": 25, "message": "indexing"})
+        "processing",
+        {"percent": 25, "message": "indexing"},
+    )

@@ -39,10 +39,18 @@ INTERVAL_MS = 300
 WAIT = 10.0
 
 
-def serve(start_server: Callable[..., Any], tmp_path: Path, interval_ms: int,
-          end: ReporterEnd | None = None, **more: Any) -> Any:
-    config: dict[str, Any] = {"events": {"progress_interval_ms": interval_ms},
-                              "storage": {"fsync": False}, **more}
+def serve(
+    start_server: Callable[..., Any],
+    tmp_path: Path,
+    interval_ms: int,
+    end: ReporterEnd | None = None,
+    **more: Any,
+) -> Any:
+    config: dict[str, Any] = {
+        "events": {"progress_interval_ms": interval_ms},
+        "storage": {"fsync": False},
+        **more,
+    }
     if end is not None:
         config["hooks"] = {"timeout_seconds": 60, "post_finish": [end.target()]}
     path = tmp_path / "processing.yaml"
@@ -64,6 +72,7 @@ def stage(watcher: Watcher, name: str) -> list[dict[str, Any]]:
 def said(message: str) -> Callable[[dict[str, Any]], bool]:
     def check(event: dict[str, Any]) -> bool:
         return bool(event["processing"]) and event["processing"]["message"] == message
+
     return check
 
 
@@ -71,8 +80,9 @@ def check_the_room(watcher: Watcher, size: int) -> None:
     """Every event as documented; uploading, then processing, then one uploadComplete."""
     for event in watcher.payloads("uploadProgress"):
         validate_event("uploadProgress", event)
-    stages = [seen.data["stage"] if seen.name == "uploadProgress" else seen.name
-              for seen in watcher.seen]
+    stages = [
+        seen.data["stage"] if seen.name == "uploadProgress" else seen.name for seen in watcher.seen
+    ]
     assert "processing" in stages, stages
     first = stages.index("processing")
     assert "uploading" not in stages[first:], f"uploading after processing: {stages}"
@@ -86,7 +96,8 @@ def check_the_room(watcher: Watcher, size: int) -> None:
 
 
 def test_a_room_hears_uploading_then_the_hashs_progress_then_complete(
-        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
     """A progress interval of 0 sends every report: the disk store's hash reports once per
     MiB, so an upload of 8.5 MiB gives 8 reports short of 100 %."""
     server = serve(start_server, tmp_path, interval_ms=0)
@@ -98,8 +109,7 @@ def test_a_room_hears_uploading_then_the_hashs_progress_then_complete(
         async with watching(server) as watcher:
             await watcher.join(upload_id)
             for offset, piece in pieces(source, 2 * MiB):
-                assert await off_loop(uploader.send, upload_id, offset, piece,
-                                      len(source)) == 204
+                assert await off_loop(uploader.send, upload_id, offset, piece, len(source)) == 204
             complete = await watcher.wait_for("uploadComplete", upload_id)
         check_the_room(watcher, len(source))
         uploading = stage(watcher, "uploading")
@@ -117,7 +127,8 @@ def test_a_room_hears_uploading_then_the_hashs_progress_then_complete(
 
 
 def test_a_tiny_rest_upload_hears_processing_before_complete(
-        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
     server = serve(start_server, tmp_path, interval_ms=60_000)  # only the start gets out
     uploader = RestUploader(server)
 
@@ -129,7 +140,8 @@ def test_a_tiny_rest_upload_hears_processing_before_complete(
             await watcher.wait_for("uploadComplete", upload_id)
         check_the_room(watcher, 3)
         assert [event["processing"] for event in stage(watcher, "processing")] == [
-            {"percent": 0, "message": "hashing"}]
+            {"percent": 0, "message": "hashing"}
+        ]
 
     run(scenario())
 
@@ -153,7 +165,8 @@ def upload_small(server: Any) -> str:
 
 
 def test_each_transports_reports_reach_the_room_throttled(
-        start_server: Callable[..., Any], tmp_path: Path, end: ReporterEnd) -> None:
+    start_server: Callable[..., Any], tmp_path: Path, end: ReporterEnd
+) -> None:
     server = serve(start_server, tmp_path, INTERVAL_MS, end)
 
     async def scenario() -> None:
@@ -182,7 +195,8 @@ def test_each_transports_reports_reach_the_room_throttled(
 
 
 def test_hook_garbage_is_clamped_or_dropped_with_one_log_line(
-        start_server: Callable[..., Any], tmp_path: Path, end: ReporterEnd) -> None:
+    start_server: Callable[..., Any], tmp_path: Path, end: ReporterEnd
+) -> None:
     (end.control / "garbage").touch()
     server = serve(start_server, tmp_path, 0, end)  # no throttle: every report goes out
 
@@ -201,8 +215,9 @@ def test_hook_garbage_is_clamped_or_dropped_with_one_log_line(
         assert {"percent": None, "message": "two lines"} in steps, "one printable line"
         assert all(step["percent"] is None or 0 <= step["percent"] <= 100 for step in steps)
         assert complete["sha256"] == hashlib.sha256(b"p" * 5000).hexdigest()
-        lines = [line for line in server.output
-                 if f"hook progress ignored upload_id={upload_id}" in line]
+        lines = [
+            line for line in server.output if f"hook progress ignored upload_id={upload_id}" in line
+        ]
         assert len(lines) == 1, lines
         if isinstance(end, HttpEnd):
             late = HTTP.post(end.progress_urls[0], json={"percent": 50}, timeout=WAIT)
@@ -214,32 +229,55 @@ def test_hook_garbage_is_clamped_or_dropped_with_one_log_line(
 
 def post_nonsense(url: str) -> None:
     """What a broken HTTP hook might send to its progress URL while it runs."""
-    for body, status in ((b"not json", 400), (b"[1, 2]", 400), (b"{" * 50_000, 413),
-                         (b'{"percent": 1e999}', 204)):
-        answer = HTTP.post(url, data=body, headers={"Content-Type": "application/json"},
-                           timeout=WAIT)
+    for body, status in (
+        (b"not json", 400),
+        (b"[1, 2]", 400),
+        (b"{" * 50_000, 413),
+        (b'{"percent": 1e999}', 204),
+    ):
+        answer = HTTP.post(
+            url, data=body, headers={"Content-Type": "application/json"}, timeout=WAIT
+        )
         assert answer.status_code == status, (body[:20], answer.status_code, answer.text)
     assert HTTP.post(url[:-4] + "AAAA", json={}, timeout=WAIT).status_code == 404
 
 
 def test_with_auth_on_a_progress_url_is_its_own_authorization(
-        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
     end = HttpEnd(tmp_path)
     server = serve(start_server, tmp_path, 0, end, auth={"bearer_tokens": ["sekrit"]})
     bearer = {"Authorization": "Bearer sekrit", "Tus-Resumable": "1.0.0"}
     try:
-        created = HTTP.post(server.files_url, headers={**bearer, "Upload-Length": "3"},
-                            timeout=WAIT)
+        created = HTTP.post(
+            server.files_url, headers={**bearer, "Upload-Length": "3"}, timeout=WAIT
+        )
         upload_id = created.headers["Location"].rsplit("/", 1)[-1]
-        assert HTTP.patch(created.headers["Location"], data=b"abc", timeout=WAIT, headers={
-            **bearer, "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream"}).status_code == 204
-        status = wait_for_state(server, upload_id, "processing", bearer,
-                                lambda status: status["processing"]["message"] == "indexing")
+        assert (
+            HTTP.patch(
+                created.headers["Location"],
+                data=b"abc",
+                timeout=WAIT,
+                headers={
+                    **bearer,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            ).status_code
+            == 204
+        )
+        status = wait_for_state(
+            server,
+            upload_id,
+            "processing",
+            bearer,
+            lambda status: status["processing"]["message"] == "indexing",
+        )
         assert status["processing"] == {"percent": 25, "message": "indexing"}
         assert end.report_statuses == [204], "the hook sent no bearer token, only its URL"
-        assert HTTP.post(end.progress_urls[0][:-4] + "AAAA", json={},
-                         timeout=WAIT).status_code == 404, "a token of its own, not none"
+        assert (
+            HTTP.post(end.progress_urls[0][:-4] + "AAAA", json={}, timeout=WAIT).status_code == 404
+        ), "a token of its own, not none"
     finally:
         end.close()
     wait_for_state(server, upload_id, "complete", bearer)
@@ -263,7 +301,8 @@ def hooked_upload(start_server: Callable[..., Any], tmp_path: Path) -> Iterator[
 
 
 def test_rest_and_a_late_join_show_the_processing_step(
-        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
     with hooked_upload(start_server, tmp_path) as (server, upload_id):
         status = HTTP.get(f"{server.url}/api/files/upload/{upload_id}", timeout=WAIT).json()
         validate_rest("UploadStatus", status)
@@ -275,7 +314,8 @@ def test_rest_and_a_late_join_show_the_processing_step(
 
 
 def test_processing_resumed_after_a_restart_is_heard_as_processing(
-        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
     with hooked_upload(start_server, tmp_path) as (server, upload_id):
         server.restart()  # SIGKILL mid-hook; processing starts over at start-up
         asyncio_run_until_indexing(server, upload_id)
@@ -283,22 +323,36 @@ def test_processing_resumed_after_a_restart_is_heard_as_processing(
 
 
 def test_a_concatenation_final_is_heard_processing(
-        start_server: Callable[..., Any], tmp_path: Path) -> None:
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
     end = PythonEnd(tmp_path)
     server = serve(start_server, tmp_path, INTERVAL_MS, end)
     tus = {"Tus-Resumable": "1.0.0"}
     try:
         parts = []
         for data in (b"first part ", b"second part"):
-            created = HTTP.post(server.files_url, timeout=WAIT, headers={
-                **tus, "Upload-Concat": "partial", "Upload-Length": str(len(data))})
+            created = HTTP.post(
+                server.files_url,
+                timeout=WAIT,
+                headers={**tus, "Upload-Concat": "partial", "Upload-Length": str(len(data))},
+            )
             parts.append(created.headers["Location"])
-            patched = HTTP.patch(parts[-1], data=data, timeout=WAIT, headers={
-                **tus, "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream"})
+            patched = HTTP.patch(
+                parts[-1],
+                data=data,
+                timeout=WAIT,
+                headers={
+                    **tus,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
             assert patched.status_code == 204
-        final = HTTP.post(server.files_url, timeout=WAIT, headers={
-            **tus, "Upload-Concat": "final;" + " ".join(parts)})
+        final = HTTP.post(
+            server.files_url,
+            timeout=WAIT,
+            headers={**tus, "Upload-Concat": "final;" + " ".join(parts)},
+        )
         assert final.status_code == 201, final.text
         asyncio_run_until_indexing(server, final.headers["Location"].rsplit("/", 1)[-1])
     finally:
@@ -307,6 +361,7 @@ def test_a_concatenation_final_is_heard_processing(
 
 def asyncio_run_until_indexing(server: Any, upload_id: str) -> None:
     """Join the room (its snapshot says `processing`), then hear the hook say "indexing"."""
+
     async def scenario() -> None:
         async with watching(server) as watcher:
             assert (await watcher.join(upload_id))["ok"]
@@ -318,14 +373,18 @@ def asyncio_run_until_indexing(server: Any, upload_id: str) -> None:
     run(scenario())
 
 
-def wait_for_state(server: Any, upload_id: str, state: str,
-                   headers: dict[str, str] | None = None,
-                   check: Callable[[dict[str, Any]], bool] = lambda status: True,
-                   ) -> dict[str, Any]:
+def wait_for_state(
+    server: Any,
+    upload_id: str,
+    state: str,
+    headers: dict[str, str] | None = None,
+    check: Callable[[dict[str, Any]], bool] = lambda status: True,
+) -> dict[str, Any]:
     async def poll() -> dict[str, Any]:
         while True:
-            status = HTTP.get(f"{server.url}/api/files/upload/{upload_id}", timeout=WAIT,
-                              headers=headers).json()
+            status = HTTP.get(
+                f"{server.url}/api/files/upload/{upload_id}", timeout=WAIT, headers=headers
+            ).json()
             if status["state"] == state and check(status):
                 return dict(status)
             await asyncio.sleep(0.05)

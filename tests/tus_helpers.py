@@ -24,15 +24,27 @@ def make_app(data_dir: Path, **sections: dict[str, Any]) -> FormForge:
 
 
 def tus_client(http_client: AsyncHTTPClient, base_url: str) -> Tus:
-    async def call(method: str, path: str, headers: dict[str, str] | None = None,
-                   body: bytes | None = None, tus: bool = True) -> HTTPResponse:
+    async def call(
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        tus: bool = True,
+    ) -> HTTPResponse:
         sent = {"Tus-Resumable": "1.0.0"} if tus else {}
         sent.update(headers or {})
         url = path if path.startswith("http") else base_url + path
         if body is None and method in ("POST", "PATCH", "PUT"):
             body = b""
-        return await http_client.fetch(url, method=method, headers=sent, body=body,
-                                       raise_error=False, allow_nonstandard_methods=True)
+        return await http_client.fetch(
+            url,
+            method=method,
+            headers=sent,
+            body=body,
+            raise_error=False,
+            allow_nonstandard_methods=True,
+        )
+
     return call
 
 

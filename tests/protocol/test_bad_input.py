@@ -43,10 +43,18 @@ HTTP_TIMEOUT = 10.0
 START_TIMEOUT = 15.0
 
 # The decoy a traversing id would reach from the data dir (`data/../sentinel/victim`).
-VICTIM_INFO = json.dumps({
-    "size": 4, "metadata": {"filename": "victim"}, "created_at": "2024-01-01T00:00:00+00:00",
-    "state": "complete", "concat": None, "parts": [], "sha256": None, "error": None,
-}).encode()
+VICTIM_INFO = json.dumps(
+    {
+        "size": 4,
+        "metadata": {"filename": "victim"},
+        "created_at": "2024-01-01T00:00:00+00:00",
+        "state": "complete",
+        "concat": None,
+        "parts": [],
+        "sha256": None,
+        "error": None,
+    }
+).encode()
 VICTIM_BIN = b"SAFE"
 
 
@@ -85,13 +93,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (sentinel / "victim.info").write_bytes(VICTIM_INFO)
     (sentinel / "victim.bin").write_bytes(VICTIM_BIN)
     config = conf_dir / "config.yaml"
-    config.write_text(f"limits:\n  max_size: {MAX_SIZE}\n"
-                      f"  max_metadata_bytes: {MAX_METADATA_BYTES}\n")
+    config.write_text(
+        f"limits:\n  max_size: {MAX_SIZE}\n  max_metadata_bytes: {MAX_METADATA_BYTES}\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORMFORGE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "formforge", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data_dir), "--config", str(config)],
-        cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "formforge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(config),
+        ],
+        cwd=base,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     log: list[str] = []
@@ -159,7 +184,8 @@ def server_stays_healthy(server: Server, http: requests.Session) -> Iterator[Non
     (server.sentinel / "victim.bin").write_bytes(VICTIM_BIN)
     assert outside == [], "written outside the data dir"
     assert sentinel == {"victim.info": VICTIM_INFO, "victim.bin": VICTIM_BIN}, (
-        "the decoy upload next to the data dir was changed")
+        "the decoy upload next to the data dir was changed"
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -168,7 +194,8 @@ def server_stays_healthy(server: Server, http: requests.Session) -> Iterator[Non
 def check_4xx(response: requests.Response, status: int) -> None:
     assert response.status_code == status, (
         f"{response.request.method} {response.request.url} headers="
-        f"{dict(response.request.headers)} -> {response.status_code} {response.text!r}")
+        f"{dict(response.request.headers)} -> {response.status_code} {response.text!r}"
+    )
     assert "Traceback" not in response.text
 
 
@@ -201,32 +228,46 @@ class Stored:
         head = self.head()
         assert int(head.headers["Upload-Offset"]) == self.offset
         if int(head.headers.get("Upload-Length", -1)) == len(self.content):
-            patch(self.http, self.url, self.offset, self.content[self.offset:], expect=204)
+            patch(self.http, self.url, self.offset, self.content[self.offset :], expect=204)
             got = self.http.get(self.url, timeout=HTTP_TIMEOUT)
             assert got.status_code == 200
             assert got.content == self.content
 
 
-def create(http: requests.Session, files_url: str, headers: dict[str, str] | None = None,
-           expect: int = 201, data: bytes | None = None) -> str:
-    response = http.post(files_url, headers={**TUS, **(headers or {})}, data=data,
-                         timeout=HTTP_TIMEOUT)
+def create(
+    http: requests.Session,
+    files_url: str,
+    headers: dict[str, str] | None = None,
+    expect: int = 201,
+    data: bytes | None = None,
+) -> str:
+    response = http.post(
+        files_url, headers={**TUS, **(headers or {})}, data=data, timeout=HTTP_TIMEOUT
+    )
     assert response.status_code == expect, (response.status_code, response.text)
     return response.headers.get("Location", "")
 
 
-def patch(http: requests.Session, url: str, offset: int, data: bytes,
-          headers: dict[str, str] | None = None, expect: int | None = 204) -> requests.Response:
-    response = http.patch(url, headers={**TUS, "Upload-Offset": str(offset),
-                                        "Content-Type": OCTET, **(headers or {})},
-                          data=data, timeout=HTTP_TIMEOUT)
+def patch(
+    http: requests.Session,
+    url: str,
+    offset: int,
+    data: bytes,
+    headers: dict[str, str] | None = None,
+    expect: int | None = 204,
+) -> requests.Response:
+    response = http.patch(
+        url,
+        headers={**TUS, "Upload-Offset": str(offset), "Content-Type": OCTET, **(headers or {})},
+        data=data,
+        timeout=HTTP_TIMEOUT,
+    )
     if expect is not None:
         assert response.status_code == expect, (response.status_code, response.text)
     return response
 
 
-def new_stored(http: requests.Session, server: Server, size: int = 20,
-               stored: int = 5) -> Stored:
+def new_stored(http: requests.Session, server: Server, size: int = 20, stored: int = 5) -> Stored:
     content = bytes(range(65, 65 + size)) if size <= 58 else os.urandom(size)
     url = create(http, server.files_url, {"Upload-Length": str(size)})
     if stored:
@@ -239,11 +280,15 @@ def stored(server: Server, http: requests.Session) -> Stored:
     return new_stored(http, server)
 
 
-def raw_request(server: Server, method: str, path: bytes, headers: dict[str, str],
-                body: bytes = b"") -> tuple[int, bytes]:
+def raw_request(
+    server: Server, method: str, path: bytes, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, bytes]:
     """One request with the path sent exactly as given (requests would normalise `..`)."""
-    lines = [f"{method} ".encode() + path + b" HTTP/1.1", f"Host: {server.host}".encode(),
-             b"Connection: close"]
+    lines = [
+        f"{method} ".encode() + path + b" HTTP/1.1",
+        f"Host: {server.host}".encode(),
+        b"Connection: close",
+    ]
     lines += [f"{name}: {value}".encode("latin-1") for name, value in headers.items()]
     if body or method in ("PATCH", "POST"):
         lines.append(f"Content-Length: {len(body)}".encode())
@@ -277,10 +322,10 @@ TRAVERSAL_PATHS = [
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET", "DELETE", "PATCH"])
-@pytest.mark.parametrize(("path", "status"), TRAVERSAL_PATHS,
-                         ids=[p.decode("latin-1")[:40] for p, _ in TRAVERSAL_PATHS])
-def test_bad_upload_ids_are_refused(server: Server, method: str, path: bytes,
-                                    status: int) -> None:
+@pytest.mark.parametrize(
+    ("path", "status"), TRAVERSAL_PATHS, ids=[p.decode("latin-1")[:40] for p, _ in TRAVERSAL_PATHS]
+)
+def test_bad_upload_ids_are_refused(server: Server, method: str, path: bytes, status: int) -> None:
     headers = dict(TUS)
     body = b""
     if method == "PATCH":
@@ -315,13 +360,18 @@ BAD_METADATA = {
 
 
 @pytest.mark.parametrize("metadata", BAD_METADATA.values(), ids=BAD_METADATA.keys())
-@pytest.mark.parametrize("length", [{"Upload-Length": "10"}, {"Upload-Defer-Length": "1"}],
-                         ids=["length", "deferred"])
-def test_bad_metadata_is_400(server: Server, http: requests.Session, metadata: str,
-                             length: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "length", [{"Upload-Length": "10"}, {"Upload-Defer-Length": "1"}], ids=["length", "deferred"]
+)
+def test_bad_metadata_is_400(
+    server: Server, http: requests.Session, metadata: str, length: dict[str, str]
+) -> None:
     before = set(os.listdir(server.data_dir))
-    response = http.post(server.files_url, headers={**TUS, **length, "Upload-Metadata": metadata},
-                         timeout=HTTP_TIMEOUT)
+    response = http.post(
+        server.files_url,
+        headers={**TUS, **length, "Upload-Metadata": metadata},
+        timeout=HTTP_TIMEOUT,
+    )
     check_4xx(response, 400)
     assert "Location" not in response.headers
     assert set(os.listdir(server.data_dir)) == before  # nothing was created
@@ -365,17 +415,21 @@ def test_binary_metadata_is_kept_byte_for_byte(server: Server, http: requests.Se
     assert "filename*=UTF-8''caf%EF%BF%BD%20%EF%BF%BD%00.bin" in got.headers["Content-Disposition"]
 
 
-def test_metadata_beyond_the_header_limit_gets_a_4xx(server: Server,
-                                                     http: requests.Session) -> None:
+def test_metadata_beyond_the_header_limit_gets_a_4xx(
+    server: Server, http: requests.Session
+) -> None:
     """Far beyond max_metadata_bytes (and Tornado's 64 KiB header limit): still an answer."""
     try:
-        response = http.post(server.files_url,
-                             headers={**TUS, "Upload-Length": "10",
-                                      "Upload-Metadata": "filename " + "QUFB" * 20000},
-                             timeout=HTTP_TIMEOUT)
+        response = http.post(
+            server.files_url,
+            headers={**TUS, "Upload-Length": "10", "Upload-Metadata": "filename " + "QUFB" * 20000},
+            timeout=HTTP_TIMEOUT,
+        )
     except requests.ConnectionError as error:
-        pytest.fail(f"80 KB Upload-Metadata: the connection was dropped without an answer "
-                    f"({error}); expected a 4xx (400 or 431)")
+        pytest.fail(
+            f"80 KB Upload-Metadata: the connection was dropped without an answer "
+            f"({error}); expected a 4xx (400 or 431)"
+        )
     assert 400 <= response.status_code < 500
     assert "Traceback" not in response.text
 
@@ -406,10 +460,12 @@ CREATION_LENGTHS = {
 }
 
 
-@pytest.mark.parametrize(("headers", "status"), CREATION_LENGTHS.values(),
-                         ids=CREATION_LENGTHS.keys())
-def test_bad_creation_length(server: Server, http: requests.Session, headers: dict[str, str],
-                             status: int) -> None:
+@pytest.mark.parametrize(
+    ("headers", "status"), CREATION_LENGTHS.values(), ids=CREATION_LENGTHS.keys()
+)
+def test_bad_creation_length(
+    server: Server, http: requests.Session, headers: dict[str, str], status: int
+) -> None:
     before = set(os.listdir(server.data_dir))
     response = http.post(server.files_url, headers={**TUS, **headers}, timeout=HTTP_TIMEOUT)
     check_4xx(response, status)
@@ -424,36 +480,51 @@ def test_max_size_is_advertised(server: Server, http: requests.Session) -> None:
     create(http, server.files_url, {"Upload-Length": str(MAX_SIZE)})  # the limit itself is fine
 
 
-@pytest.mark.parametrize(("headers", "body", "status"), [
-    ({}, b"abcdef", 413),
-    ({"Upload-Checksum": "sha512 " + b64(b"x" * 64)}, b"abc", 400),
-    ({"Upload-Checksum": "sha1 !!!"}, b"abc", 400),
-], ids=["body past length", "unknown checksum", "bad checksum base64"])
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({}, b"abcdef", 413),
+        ({"Upload-Checksum": "sha512 " + b64(b"x" * 64)}, b"abc", 400),
+        ({"Upload-Checksum": "sha1 !!!"}, b"abc", 400),
+    ],
+    ids=["body past length", "unknown checksum", "bad checksum base64"],
+)
 def test_refused_creation_with_upload_leaves_no_upload(
-        server: Server, http: requests.Session, headers: dict[str, str], body: bytes,
-        status: int) -> None:
+    server: Server, http: requests.Session, headers: dict[str, str], body: bytes, status: int
+) -> None:
     """creation-with-upload refused: no Location, so nothing may be left behind either."""
     before = set(os.listdir(server.data_dir))
-    response = http.post(server.files_url,
-                         headers={**TUS, "Upload-Length": "3", "Content-Type": OCTET, **headers},
-                         data=body, timeout=HTTP_TIMEOUT)
+    response = http.post(
+        server.files_url,
+        headers={**TUS, "Upload-Length": "3", "Content-Type": OCTET, **headers},
+        data=body,
+        timeout=HTTP_TIMEOUT,
+    )
     check_4xx(response, status)
     assert "Location" not in response.headers
     assert set(os.listdir(server.data_dir)) == before, (
-        f"a {status} creation left an upload behind that no client knows the URL of")
+        f"a {status} creation left an upload behind that no client knows the URL of"
+    )
 
 
 # --------------------------------------------------------------------------- Tus-Resumable
 
 
-BAD_VERSIONS = {"missing": None, "old": "0.2.2", "short": "1.0", "empty": "", "v": "v1.0.0",
-                "future": "2.0.0"}
+BAD_VERSIONS = {
+    "missing": None,
+    "old": "0.2.2",
+    "short": "1.0",
+    "empty": "",
+    "v": "v1.0.0",
+    "future": "2.0.0",
+}
 
 
 @pytest.mark.parametrize("version", BAD_VERSIONS.values(), ids=BAD_VERSIONS.keys())
 @pytest.mark.parametrize("method", ["POST", "HEAD", "PATCH", "DELETE"])
-def test_wrong_tus_version_is_412(server: Server, http: requests.Session, stored: Stored,
-                                  method: str, version: str | None) -> None:
+def test_wrong_tus_version_is_412(
+    server: Server, http: requests.Session, stored: Stored, method: str, version: str | None
+) -> None:
     headers = {} if version is None else {"Tus-Resumable": version}
     data = None
     if method == "POST":
@@ -467,7 +538,8 @@ def test_wrong_tus_version_is_412(server: Server, http: requests.Session, stored
     response = http.request(method, url, headers=headers, data=data, timeout=HTTP_TIMEOUT)
     check_4xx(response, 412)
     assert response.headers.get("Tus-Version", "").split(",")[0].strip() == "1.0.0", (
-        f"412 without Tus-Version: {dict(response.headers)}")
+        f"412 without Tus-Version: {dict(response.headers)}"
+    )
     stored.assert_intact()
 
 
@@ -504,10 +576,15 @@ BAD_PATCHES = {
 
 
 @pytest.mark.parametrize(("headers", "status"), BAD_PATCHES.values(), ids=BAD_PATCHES.keys())
-def test_bad_patch(http: requests.Session, stored: Stored, headers: dict[str, str | None],
-                   status: int) -> None:
-    full: dict[str, str | None] = {**TUS, "Upload-Offset": str(stored.offset),
-                                   "Content-Type": OCTET, **headers}
+def test_bad_patch(
+    http: requests.Session, stored: Stored, headers: dict[str, str | None], status: int
+) -> None:
+    full: dict[str, str | None] = {
+        **TUS,
+        "Upload-Offset": str(stored.offset),
+        "Content-Type": OCTET,
+        **headers,
+    }
     response = http.patch(stored.url, headers=full, data=b"XYZ", timeout=HTTP_TIMEOUT)
     check_4xx(response, status)
     if status == 409:
@@ -533,17 +610,22 @@ def test_chunked_patch_past_length_is_413(server: Server, stored: Stored) -> Non
     started = time.monotonic()
     try:
         response = requests.patch(
-            stored.url, headers={**TUS, "Upload-Offset": str(stored.offset), "Content-Type": OCTET},
-            data=body(), timeout=5)
+            stored.url,
+            headers={**TUS, "Upload-Offset": str(stored.offset), "Content-Type": OCTET},
+            data=body(),
+            timeout=5,
+        )
     except requests.exceptions.ReadTimeout:
-        pytest.fail(f"chunked PATCH going past Upload-Length got no answer in "
-                    f"{time.monotonic() - started:.1f} s (expected 413)")
+        pytest.fail(
+            f"chunked PATCH going past Upload-Length got no answer in "
+            f"{time.monotonic() - started:.1f} s (expected 413)"
+        )
     check_4xx(response, 413)
     # What fitted may be kept (bytes that arrived are never lost), but nothing past the end.
     offset = int(stored.head().headers["Upload-Offset"])
     assert offset in (stored.offset, stored.offset + 8)
     if offset == stored.offset + 8:
-        stored.content = stored.content[:stored.offset] + b"1" * 8 + stored.content[offset:]
+        stored.content = stored.content[: stored.offset] + b"1" * 8 + stored.content[offset:]
         stored.offset = offset
     stored.assert_intact()
 
@@ -556,21 +638,39 @@ def test_patch_on_complete_upload_past_end_is_413(server: Server, http: requests
 
 @pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "crc32"])
 def test_right_checksum_is_204(http: requests.Session, stored: Stored, algorithm: str) -> None:
-    chunk = stored.content[stored.offset:stored.offset + 7]
-    patch(http, stored.url, stored.offset, chunk,
-          {"Upload-Checksum": f"{algorithm} {digest(algorithm, chunk)}"}, expect=204)
+    chunk = stored.content[stored.offset : stored.offset + 7]
+    patch(
+        http,
+        stored.url,
+        stored.offset,
+        chunk,
+        {"Upload-Checksum": f"{algorithm} {digest(algorithm, chunk)}"},
+        expect=204,
+    )
     stored.offset += len(chunk)
     stored.assert_intact()
 
 
 def test_wrong_checksum_then_right_one(http: requests.Session, stored: Stored) -> None:
-    chunk = stored.content[stored.offset:]
-    response = patch(http, stored.url, stored.offset, chunk,
-                     {"Upload-Checksum": "md5 " + digest("md5", chunk + b"!")}, expect=None)
+    chunk = stored.content[stored.offset :]
+    response = patch(
+        http,
+        stored.url,
+        stored.offset,
+        chunk,
+        {"Upload-Checksum": "md5 " + digest("md5", chunk + b"!")},
+        expect=None,
+    )
     check_4xx(response, 460)
     assert stored.head().headers["Upload-Offset"] == str(stored.offset)
-    patch(http, stored.url, stored.offset, chunk,
-          {"Upload-Checksum": "md5 " + digest("md5", chunk)}, expect=204)
+    patch(
+        http,
+        stored.url,
+        stored.offset,
+        chunk,
+        {"Upload-Checksum": "md5 " + digest("md5", chunk)},
+        expect=204,
+    )
     stored.offset = len(stored.content)
     stored.assert_intact()
 
@@ -579,34 +679,48 @@ def test_wrong_checksum_then_right_one(http: requests.Session, stored: Stored) -
 
 
 def _partial(http: requests.Session, server: Server, data: bytes, complete: bool = True) -> str:
-    url = create(http, server.files_url,
-                 {"Upload-Length": str(len(data)), "Upload-Concat": "partial"})
+    url = create(
+        http, server.files_url, {"Upload-Length": str(len(data)), "Upload-Concat": "partial"}
+    )
     patch(http, url, 0, data if complete else data[:-1])
     return url
 
 
-@pytest.mark.parametrize("concat", [
-    "foo", "partial;", "partial x", "final", "Final;/files/x", "final;", "final; ", "final;,",
-    "final;/files/AAAAAAAAAAAAAAAAAAAAAA",
-    "final;/files/..%2Fsentinel%2Fvictim",
-    "final;/files/../sentinel/victim",
-    "final;http://evil.example/files/%2e%2e",
-    "final;" + "/files/x " * 200,
-])
+@pytest.mark.parametrize(
+    "concat",
+    [
+        "foo",
+        "partial;",
+        "partial x",
+        "final",
+        "Final;/files/x",
+        "final;",
+        "final; ",
+        "final;,",
+        "final;/files/AAAAAAAAAAAAAAAAAAAAAA",
+        "final;/files/..%2Fsentinel%2Fvictim",
+        "final;/files/../sentinel/victim",
+        "final;http://evil.example/files/%2e%2e",
+        "final;" + "/files/x " * 200,
+    ],
+)
 def test_bad_upload_concat_is_400(server: Server, http: requests.Session, concat: str) -> None:
     before = set(os.listdir(server.data_dir))
-    response = http.post(server.files_url,
-                         headers={**TUS, "Upload-Length": "3", "Upload-Concat": concat}
-                         if not concat.lower().startswith("final")
-                         else {**TUS, "Upload-Concat": concat},
-                         timeout=HTTP_TIMEOUT)
+    response = http.post(
+        server.files_url,
+        headers={**TUS, "Upload-Length": "3", "Upload-Concat": concat}
+        if not concat.lower().startswith("final")
+        else {**TUS, "Upload-Concat": concat},
+        timeout=HTTP_TIMEOUT,
+    )
     check_4xx(response, 400)
     assert set(os.listdir(server.data_dir)) == before
 
 
 @pytest.mark.parametrize("kind", ["non-partial", "incomplete partial", "unknown and good"])
-def test_final_with_unusable_parts_is_400(server: Server, http: requests.Session,
-                                          kind: str) -> None:
+def test_final_with_unusable_parts_is_400(
+    server: Server, http: requests.Session, kind: str
+) -> None:
     good = _partial(http, server, b"good")
     if kind == "non-partial":
         other = new_stored(http, server, size=3, stored=3).url
@@ -614,9 +728,11 @@ def test_final_with_unusable_parts_is_400(server: Server, http: requests.Session
         other = _partial(http, server, b"half", complete=False)
     else:
         other = server.files_url + "Z" * 22
-    response = http.post(server.files_url,
-                         headers={**TUS, "Upload-Concat": f"final;{good} {other}"},
-                         timeout=HTTP_TIMEOUT)
+    response = http.post(
+        server.files_url,
+        headers={**TUS, "Upload-Concat": f"final;{good} {other}"},
+        timeout=HTTP_TIMEOUT,
+    )
     check_4xx(response, 400)
     head = http.head(good, headers=TUS, timeout=HTTP_TIMEOUT)
     assert head.headers["Upload-Offset"] == "4"
@@ -654,12 +770,20 @@ def test_deferred_length_cannot_change(http: requests.Session, deferred: Stored)
     deferred.assert_intact()
 
 
-@pytest.mark.parametrize(("length", "status"), [
-    ("5", 400), ("0", 400), ("-1", 400), ("x", 400), ("1" * 30, 400),
-    (str(MAX_SIZE + 1), 413),
-])
-def test_bad_deferred_length(http: requests.Session, deferred: Stored, length: str,
-                             status: int) -> None:
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [
+        ("5", 400),
+        ("0", 400),
+        ("-1", 400),
+        ("x", 400),
+        ("1" * 30, 400),
+        (str(MAX_SIZE + 1), 413),
+    ],
+)
+def test_bad_deferred_length(
+    http: requests.Session, deferred: Stored, length: str, status: int
+) -> None:
     response = patch(http, deferred.url, 6, b"", {"Upload-Length": length}, expect=None)
     check_4xx(response, status)
     head = deferred.head()
@@ -672,15 +796,17 @@ def test_bad_deferred_length(http: requests.Session, deferred: Stored, length: s
 # --------------------------------------------------------------------------- downloads
 
 
-def test_get_of_unfinished_upload_is_409(server: Server, http: requests.Session,
-                                         stored: Stored) -> None:
+def test_get_of_unfinished_upload_is_409(
+    server: Server, http: requests.Session, stored: Stored
+) -> None:
     check_4xx(http.get(stored.url, timeout=HTTP_TIMEOUT), 409)
     check_4xx(http.get(stored.url, headers={"Range": "bytes=0-1"}, timeout=HTTP_TIMEOUT), 409)
     stored.assert_intact()
 
 
-@pytest.mark.parametrize("range_", ["bytes=999999-", "bytes=20-", "bytes=-0",
-                                    "bytes=99999999999999999999999999999-"])
+@pytest.mark.parametrize(
+    "range_", ["bytes=999999-", "bytes=20-", "bytes=-0", "bytes=99999999999999999999999999999-"]
+)
 def test_unsatisfiable_range_is_416(http: requests.Session, stored: Stored, range_: str) -> None:
     stored.assert_intact()  # completes it
     response = http.get(stored.url, headers={"Range": range_}, timeout=HTTP_TIMEOUT)
@@ -689,8 +815,10 @@ def test_unsatisfiable_range_is_416(http: requests.Session, stored: Stored, rang
     assert http.get(stored.url, timeout=HTTP_TIMEOUT).content == stored.content
 
 
-@pytest.mark.parametrize("range_", ["bytes=abc", "items=0-1", "bytes=0-1,3-4", "bytes=-",
-                                    "bytes=-99999999999999999999999999"])
+@pytest.mark.parametrize(
+    "range_",
+    ["bytes=abc", "items=0-1", "bytes=0-1,3-4", "bytes=-", "bytes=-99999999999999999999999999"],
+)
 def test_odd_ranges_never_fail(http: requests.Session, stored: Stored, range_: str) -> None:
     stored.assert_intact()
     response = http.get(stored.url, headers={"Range": range_}, timeout=HTTP_TIMEOUT)
@@ -698,12 +826,23 @@ def test_odd_ranges_never_fail(http: requests.Session, stored: Stored, range_: s
     assert "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("header", ["Upload-Length", "Upload-Offset", "Upload-Metadata",
-                                    "Upload-Concat", "Upload-Checksum", "Tus-Resumable"])
-@pytest.mark.parametrize("value", ["1\x00", "sha1 \x01", "a\x7fb", "x\x1by"],
-                         ids=["nul", "soh", "del", "esc"])
-def test_control_chars_in_headers_are_400(server: Server, stored: Stored, header: str,
-                                          value: str) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Upload-Length",
+        "Upload-Offset",
+        "Upload-Metadata",
+        "Upload-Concat",
+        "Upload-Checksum",
+        "Tus-Resumable",
+    ],
+)
+@pytest.mark.parametrize(
+    "value", ["1\x00", "sha1 \x01", "a\x7fb", "x\x1by"], ids=["nul", "soh", "del", "esc"]
+)
+def test_control_chars_in_headers_are_400(
+    server: Server, stored: Stored, header: str, value: str
+) -> None:
     headers = {**TUS, "Upload-Offset": str(stored.offset), "Content-Type": OCTET, header: value}
     path = stored.url.removeprefix(server.url).encode()
     status, text = raw_request(server, "PATCH", path, headers)
@@ -717,8 +856,11 @@ def test_control_chars_in_headers_are_400(server: Server, stored: Stored, header
 # Header values as HTTP allows them (RFC 9110 field-value: HTAB, SP, VCHAR, obs-text), all
 # latin-1 so requests can send them, stripped as Tornado strips them. Control characters are
 # refused by Tornado's parser before FormForge sees the request (tested on their own below).
-FIELD_CHARS = st.characters(min_codepoint=0x09, max_codepoint=0xFF,
-                            exclude_characters=[chr(c) for c in range(0x0A, 0x20)] + ["\x7f"])
+FIELD_CHARS = st.characters(
+    min_codepoint=0x09,
+    max_codepoint=0xFF,
+    exclude_characters=[chr(c) for c in range(0x0A, 0x20)] + ["\x7f"],
+)
 LATIN1 = st.text(FIELD_CHARS, max_size=60).map(str.strip)
 NUMBERS = st.one_of(st.integers(-10, 40), st.integers(), st.floats(allow_nan=True)).map(str)
 FUZZ = st.one_of(LATIN1, NUMBERS)
@@ -726,31 +868,43 @@ HEADER_VALUES = {
     "Upload-Length": st.none() | FUZZ,
     "Upload-Offset": st.none() | FUZZ,
     "Upload-Defer-Length": st.none() | st.sampled_from(["1", "0", ""]) | LATIN1,
-    "Upload-Metadata": st.none() | LATIN1 | st.lists(
-        st.tuples(st.text("abcé,\x01 ", max_size=4),
-                  st.binary(max_size=8).map(b64) | LATIN1),
-        max_size=4).map(lambda pairs: ",".join(f"{k} {v}" for k, v in pairs).strip()),
-    "Upload-Concat": st.none() | LATIN1 | st.sampled_from(["partial", "final;"]).flatmap(
-        lambda p: LATIN1.map(lambda s: p + s)),
-    "Upload-Checksum": st.none() | LATIN1 | st.sampled_from(["sha1", "md5", "sha256", "crc32",
-                                                             "sha512"]).flatmap(
-        lambda a: st.one_of(LATIN1, st.binary(max_size=40).map(b64)).map(lambda s: f"{a} {s}")),
+    "Upload-Metadata": st.none()
+    | LATIN1
+    | st.lists(
+        st.tuples(st.text("abcé,\x01 ", max_size=4), st.binary(max_size=8).map(b64) | LATIN1),
+        max_size=4,
+    ).map(lambda pairs: ",".join(f"{k} {v}" for k, v in pairs).strip()),
+    "Upload-Concat": st.none()
+    | LATIN1
+    | st.sampled_from(["partial", "final;"]).flatmap(lambda p: LATIN1.map(lambda s: p + s)),
+    "Upload-Checksum": st.none()
+    | LATIN1
+    | st.sampled_from(["sha1", "md5", "sha256", "crc32", "sha512"]).flatmap(
+        lambda a: st.one_of(LATIN1, st.binary(max_size=40).map(b64)).map(lambda s: f"{a} {s}")
+    ),
 }
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(method=st.sampled_from(["POST", "PATCH"]),
-       headers=st.fixed_dictionaries({}, optional=HEADER_VALUES),
-       body=st.binary(max_size=24))
-def test_random_headers_never_5xx(server: Server, http: requests.Session, method: str,
-                                  headers: dict[str, str | None], body: bytes) -> None:
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    method=st.sampled_from(["POST", "PATCH"]),
+    headers=st.fixed_dictionaries({}, optional=HEADER_VALUES),
+    body=st.binary(max_size=24),
+)
+def test_random_headers_never_5xx(
+    server: Server, http: requests.Session, method: str, headers: dict[str, str | None], body: bytes
+) -> None:
     sent = {**TUS, **{k: v for k, v in headers.items() if v is not None}}
     if method == "POST":
         if body:
             sent["Content-Type"] = OCTET
-        response = http.post(server.files_url, headers=sent, data=body or None,
-                             timeout=HTTP_TIMEOUT)
+        response = http.post(
+            server.files_url, headers=sent, data=body or None, timeout=HTTP_TIMEOUT
+        )
         assert response.status_code < 500, (sent, response.status_code, response.text)
         assert "Traceback" not in response.text
     else:
@@ -760,7 +914,7 @@ def test_random_headers_never_5xx(server: Server, http: requests.Session, method
         assert response.status_code < 500, (sent, response.status_code, response.text)
         assert "Traceback" not in response.text
         if response.status_code == 204:  # it was a valid request after all
-            upload.content = upload.content[:5] + body + upload.content[5 + len(body):]
+            upload.content = upload.content[:5] + body + upload.content[5 + len(body) :]
             upload.offset += len(body)
         else:
             assert upload.head().headers["Upload-Offset"] == "5"

@@ -43,13 +43,27 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = "application/offset+octet-stream"
 TIMEOUT = 10.0
 WAIT = 5.0
-MESSAGES = {"joinUploadRoom", "joinUploadRoomAck", "leaveUploadRoom", "leaveUploadRoomAck",
-            "uploadProgress", "uploadComplete", "uploadError"}
+MESSAGES = {
+    "joinUploadRoom",
+    "joinUploadRoomAck",
+    "leaveUploadRoom",
+    "leaveUploadRoomAck",
+    "uploadProgress",
+    "uploadComplete",
+    "uploadError",
+}
 # Codes that reach `uploadError` (formforge/service.py): a failed write (`_write` publishes the
 # error of `_write_locked`/`_chunks`/the store: checksum, size, cut body, offset race),
 # processing, termination and expiry.
-EVENT_ERROR_CODES = {"checksum-mismatch", "size-exceeded", "connection-lost", "offset-mismatch",
-                     "processing-failed", "terminated", "expired"}
+EVENT_ERROR_CODES = {
+    "checksum-mismatch",
+    "size-exceeded",
+    "connection-lost",
+    "offset-mismatch",
+    "processing-failed",
+    "terminated",
+    "expired",
+}
 
 
 # ============================================================ the documents
@@ -64,7 +78,8 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     duplicates = {key for key in keys if keys.count(key) > 1}
     if duplicates:
         raise yaml.constructor.ConstructorError(
-            None, None, f"duplicate keys {sorted(map(str, duplicates))}", node.start_mark)
+            None, None, f"duplicate keys {sorted(map(str, duplicates))}", node.start_mark
+        )
     return loader.construct_mapping(node)
 
 
@@ -130,13 +145,19 @@ def test_openapi_is_well_formed(openapi: dict[str, Any]) -> None:
         Draft202012Validator.check_schema(schema)
         assert name  # every schema is a valid 2020-12 schema
     paths = openapi["paths"]
-    wanted = {"/api/files/upload": {"post"},
-              "/api/files/upload/{uploadId}": {"put", "patch", "get", "delete"},
-              "/healthz": {"get"}}
+    wanted = {
+        "/api/files/upload": {"post"},
+        "/api/files/upload/{uploadId}": {"put", "patch", "get", "delete"},
+        "/healthz": {"get"},
+    }
     for path, methods in wanted.items():
         assert methods <= set(paths[path]), (path, set(paths[path]))
-    operation_ids = [op["operationId"] for item in paths.values() for key, op in item.items()
-                     if key != "parameters"]
+    operation_ids = [
+        op["operationId"]
+        for item in paths.values()
+        for key, op in item.items()
+        if key != "parameters"
+    ]
     assert len(operation_ids) == len(set(operation_ids))
     for path, item in paths.items():
         for method, operation in item.items():
@@ -153,19 +174,40 @@ def test_openapi_says_what_the_contract_and_the_code_say(openapi: dict[str, Any]
     schemas = openapi["components"]["schemas"]
     # CONTRACT.md "REST": the keys of each answer.
     assert set(schemas["CreateResponse"]["required"]) == {
-        "uploadId", "uploadUrl", "tusUrl", "offset", "size", "chunkSize", "expiresAt"}
-    assert set(schemas["ChunkResponse"]["required"]) == {"uploadId", "offset", "size",
-                                                         "complete", "chunkSize"}
+        "uploadId",
+        "uploadUrl",
+        "tusUrl",
+        "offset",
+        "size",
+        "chunkSize",
+        "expiresAt",
+    }
+    assert set(schemas["ChunkResponse"]["required"]) == {
+        "uploadId",
+        "offset",
+        "size",
+        "complete",
+        "chunkSize",
+    }
     assert set(schemas["UploadStatus"]["required"]) == {
-        "uploadId", "filename", "size", "offset", "state", "percent", "metadata", "createdAt",
-        "expiresAt"}
+        "uploadId",
+        "filename",
+        "size",
+        "offset",
+        "state",
+        "percent",
+        "metadata",
+        "createdAt",
+        "expiresAt",
+    }
     assert set(schemas["Error"]["required"]) == {"error"}
     assert set(schemas["Error"]["properties"]) == {"error", "offset"}
     # The error table, whole (any of it can reach a REST client through the one renderer).
     assert set(schemas["ErrorCode"]["enum"]) == {kind.code for kind in ErrorKind}
     # GET reports every state but `terminated`, which is a 410 instead.
     assert set(schemas["UploadState"]["enum"]) == {str(state) for state in UploadState} - {
-        "terminated"}
+        "terminated"
+    }
     put = openapi["paths"]["/api/files/upload/{uploadId}"]["put"]
     assert {"200", "400", "404", "409", "410"} <= set(map(str, put["responses"]))
 
@@ -204,10 +246,18 @@ def _check_messages_belong(asyncapi: dict[str, Any], holder: dict[str, Any], whe
 
 def test_asyncapi_says_what_the_contract_and_the_code_say(asyncapi: dict[str, Any]) -> None:
     operations = asyncapi["operations"]
-    received = {deref(asyncapi, m)["name"] for op in operations.values()
-                if op["action"] == "receive" for m in op["messages"]}
-    sent = {deref(asyncapi, m)["name"] for op in operations.values()
-            if op["action"] == "send" for m in op["messages"]}
+    received = {
+        deref(asyncapi, m)["name"]
+        for op in operations.values()
+        if op["action"] == "receive"
+        for m in op["messages"]
+    }
+    sent = {
+        deref(asyncapi, m)["name"]
+        for op in operations.values()
+        if op["action"] == "send"
+        for m in op["messages"]
+    }
     assert received == {"joinUploadRoom", "leaveUploadRoom"}
     assert sent == {"uploadProgress", "uploadComplete", "uploadError"}
     for name in ("joinUploadRoom", "leaveUploadRoom"):
@@ -216,32 +266,81 @@ def test_asyncapi_says_what_the_contract_and_the_code_say(asyncapi: dict[str, An
     assert set(schemas["UploadErrorCode"]["enum"]) == EVENT_ERROR_CODES
     assert {kind.code for kind in ErrorKind} >= EVENT_ERROR_CODES
     assert set(schemas["UploadProgress"]["required"]) == {
-        "uploadId", "offset", "size", "percent", "bytesPerSecond", "stage", "processing"}
+        "uploadId",
+        "offset",
+        "size",
+        "percent",
+        "bytesPerSecond",
+        "stage",
+        "processing",
+    }
     assert set(schemas["UploadProgress"]["properties"]["stage"]["enum"]) == {
-        "uploading", "processing"}
+        "uploading",
+        "processing",
+    }
     assert set(schemas["UploadComplete"]["required"]) == {
-        "uploadId", "size", "filename", "metadata", "sha256", "url"}
+        "uploadId",
+        "size",
+        "filename",
+        "metadata",
+        "sha256",
+        "url",
+    }
     assert set(schemas["UploadError"]["required"]) == {
-        "uploadId", "code", "message", "offset", "retryable"}
+        "uploadId",
+        "code",
+        "message",
+        "offset",
+        "retryable",
+    }
 
 
 def test_the_schemas_reject_what_the_contract_forbids() -> None:
     """The validators are not vacuous: a payload that breaks the contract is refused."""
-    good = {"uploadId": "A" * 22, "offset": 5, "size": None, "percent": None,
-            "bytesPerSecond": 0.0, "stage": "uploading", "processing": None}
+    good = {
+        "uploadId": "A" * 22,
+        "offset": 5,
+        "size": None,
+        "percent": None,
+        "bytesPerSecond": 0.0,
+        "stage": "uploading",
+        "processing": None,
+    }
     validate_event("uploadProgress", good)
-    for bad in ({**good, "percent": 101}, {**good, "size": "5"}, {**good, "extra": 1},
-                {k: v for k, v in good.items() if k != "offset"}):
+    for bad in (
+        {**good, "percent": 101},
+        {**good, "size": "5"},
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "offset"},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             validate_event("uploadProgress", bad)
     with pytest.raises(jsonschema.ValidationError):
-        validate_event("uploadError", {"uploadId": "A" * 22, "code": "bad-request",
-                                       "message": "m", "offset": 0, "retryable": False})
+        validate_event(
+            "uploadError",
+            {
+                "uploadId": "A" * 22,
+                "code": "bad-request",
+                "message": "m",
+                "offset": 0,
+                "retryable": False,
+            },
+        )
     with pytest.raises(jsonschema.ValidationError):
-        validate_rest("UploadStatus", {"uploadId": "A" * 22, "filename": "a", "size": 1,
-                                       "offset": 0, "state": "uploading", "percent": 0,
-                                       "metadata": {}, "createdAt": "yesterday",
-                                       "expiresAt": None})
+        validate_rest(
+            "UploadStatus",
+            {
+                "uploadId": "A" * 22,
+                "filename": "a",
+                "size": 1,
+                "offset": 0,
+                "state": "uploading",
+                "percent": 0,
+                "metadata": {},
+                "createdAt": "yesterday",
+                "expiresAt": None,
+            },
+        )
 
 
 # ============================================================ real events
@@ -261,7 +360,8 @@ class Room:
     """A Socket.IO client that records, and validates, every event it receives."""
 
     sio: socketio.AsyncClient = field(
-        default_factory=lambda: socketio.AsyncClient(reconnection=False))
+        default_factory=lambda: socketio.AsyncClient(reconnection=False)
+    )
     seen: list[tuple[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -319,24 +419,34 @@ def rest_create(server: ServerProcess, **document: Any) -> str:
     return str(response.json()["uploadId"])
 
 
-def rest_put(server: ServerProcess, upload_id: str, start: int, data: bytes,
-             total: int | str) -> requests.Response:
-    return requests.put(f"{server.url}/api/files/upload/{upload_id}", data=data,
-                        timeout=TIMEOUT,
-                        headers={"Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}"})
+def rest_put(
+    server: ServerProcess, upload_id: str, start: int, data: bytes, total: int | str
+) -> requests.Response:
+    return requests.put(
+        f"{server.url}/api/files/upload/{upload_id}",
+        data=data,
+        timeout=TIMEOUT,
+        headers={"Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}"},
+    )
 
 
 def tus_create(server: ServerProcess, length: int) -> str:
-    response = requests.post(f"{server.url}/files/", timeout=TIMEOUT,
-                             headers={**TUS, "Upload-Length": str(length)})
+    response = requests.post(
+        f"{server.url}/files/", timeout=TIMEOUT, headers={**TUS, "Upload-Length": str(length)}
+    )
     assert response.status_code == 201, response.text
     return str(response.headers["Location"].rstrip("/").rsplit("/", 1)[-1])
 
 
 def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerProcess) -> None:
     source = os.urandom(3 * 65536 + 123)
-    upload_id = rest_create(server, filename="photo.raw", size=len(source),
-                            mimeType="image/x-raw", metadata={"album": "docs"})
+    upload_id = rest_create(
+        server,
+        filename="photo.raw",
+        size=len(source),
+        mimeType="image/x-raw",
+        metadata={"album": "docs"},
+    )
     other_id = rest_create(server, filename="bystander.bin", size=10)
 
     async def scenario(room: Room) -> None:
@@ -345,7 +455,7 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
         snapshot = await room.wait_for("uploadProgress")
         assert snapshot["offset"] == 0 and snapshot["size"] == len(source)
         for start in range(0, len(source), 65536):
-            piece = source[start:start + 65536]
+            piece = source[start : start + 65536]
             response = await off_loop(rest_put, server, upload_id, start, piece, len(source))
             assert response.status_code == 200, response.text
             end = start + len(piece)
@@ -354,8 +464,11 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
         done = await room.wait_for("uploadComplete")
         assert done["sha256"] == hashlib.sha256(source).hexdigest()
         assert done["size"] == len(source) and done["filename"] == "photo.raw"
-        assert done["metadata"] == {"album": "docs", "filename": "photo.raw",
-                                    "filetype": "image/x-raw"}
+        assert done["metadata"] == {
+            "album": "docs",
+            "filename": "photo.raw",
+            "filetype": "image/x-raw",
+        }
         assert done["url"] == f"{server.url}/files/{upload_id}"
         assert (await off_loop(requests.get, done["url"], timeout=TIMEOUT)).content == source
         # Events of another upload never reach this room.
@@ -368,7 +481,8 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
     names = [name for name, _ in room.seen]
     assert names.count("uploadComplete") == 1
     assert names.index("uploadComplete") > max(
-        i for i, name in enumerate(names) if name == "uploadProgress")
+        i for i, name in enumerate(names) if name == "uploadProgress"
+    )
     percents = [data["percent"] for name, data in room.seen if name == "uploadProgress"]
     assert percents == sorted(percents) and percents[-1] == 100
 
@@ -400,9 +514,17 @@ def test_a_bad_tus_checksum_emits_upload_error(server: ServerProcess) -> None:
     async def scenario(room: Room) -> None:
         await room.call("joinUploadRoom", upload_id)
         response = await off_loop(
-            requests.patch, f"{server.url}/files/{upload_id}", data=b"0123456789",
-            timeout=TIMEOUT, headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTET,
-                                      "Upload-Checksum": f"sha1 {wrong}"})
+            requests.patch,
+            f"{server.url}/files/{upload_id}",
+            data=b"0123456789",
+            timeout=TIMEOUT,
+            headers={
+                **TUS,
+                "Upload-Offset": "0",
+                "Content-Type": OCTET,
+                "Upload-Checksum": f"sha1 {wrong}",
+            },
+        )
         assert response.status_code == 460, response.text
         error = await room.wait_for("uploadError")
         assert error["code"] == "checksum-mismatch"
@@ -418,8 +540,12 @@ def test_a_body_past_the_size_emits_size_exceeded(server: ServerProcess) -> None
         await room.call("joinUploadRoom", upload_id)
         # Chunked, so the length is only found out while the body streams in.
         response = await off_loop(
-            requests.patch, f"{server.url}/files/{upload_id}", data=iter([b"0123", b"456789"]),
-            timeout=TIMEOUT, headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTET})
+            requests.patch,
+            f"{server.url}/files/{upload_id}",
+            data=iter([b"0123", b"456789"]),
+            timeout=TIMEOUT,
+            headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTET},
+        )
         assert response.status_code == 413, response.text
         error = await room.wait_for("uploadError")
         assert error["code"] == "size-exceeded" and error["retryable"] is False
@@ -434,10 +560,13 @@ def _cut_put(server: ServerProcess, upload_id: str, sent: bytes, declared: int) 
         connection.sendall(
             f"PUT /api/files/upload/{upload_id} HTTP/1.1\r\nHost: {host}\r\n"
             f"Content-Range: bytes 0-{declared - 1}/{declared}\r\n"
-            f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+            f"Content-Length: {declared}\r\n\r\n".encode()
+            + sent
+        )
         deadline = time.monotonic() + WAIT
-        while requests.get(f"{server.url}/api/files/upload/{upload_id}",
-                           timeout=TIMEOUT).json()["offset"] < len(sent):
+        while requests.get(f"{server.url}/api/files/upload/{upload_id}", timeout=TIMEOUT).json()[
+            "offset"
+        ] < len(sent):
             assert time.monotonic() < deadline, "the sent bytes never arrived"
             time.sleep(0.01)
     # Leaving the block closes the socket mid-body.
@@ -461,8 +590,9 @@ def test_a_deletion_emits_terminated(server: ServerProcess) -> None:
 
     async def scenario(room: Room) -> None:
         await room.call("joinUploadRoom", upload_id)
-        response = await off_loop(requests.delete, f"{server.url}/api/files/upload/{upload_id}",
-                                  timeout=TIMEOUT)
+        response = await off_loop(
+            requests.delete, f"{server.url}/api/files/upload/{upload_id}", timeout=TIMEOUT
+        )
         assert response.status_code == 204
         error = await room.wait_for("uploadError")
         assert error["code"] == "terminated" and error["retryable"] is False
@@ -472,8 +602,10 @@ def test_a_deletion_emits_terminated(server: ServerProcess) -> None:
 
 def test_acknowledgements_of_refused_joins_match_the_document(server: ServerProcess) -> None:
     deleted = rest_create(server, filename="deleted.bin", size=1)
-    assert requests.delete(f"{server.url}/api/files/upload/{deleted}",
-                           timeout=TIMEOUT).status_code == 204
+    assert (
+        requests.delete(f"{server.url}/api/files/upload/{deleted}", timeout=TIMEOUT).status_code
+        == 204
+    )
 
     async def scenario(room: Room) -> None:
         for argument in ("A" * 22, "../../etc/passwd", "", 42, [], {"id": "x"}, deleted):
@@ -489,6 +621,7 @@ def test_acknowledgements_of_refused_joins_match_the_document(server: ServerProc
 
 def test_a_join_or_leave_without_an_id_is_acknowledged(server: ServerProcess) -> None:
     """No argument at all is a malformed id too: `{"ok": false}`, not a silent handler crash."""
+
     async def scenario(room: Room) -> None:
         for event in ("joinUploadRoom", "leaveUploadRoom"):
             try:
@@ -502,16 +635,26 @@ def test_a_join_or_leave_without_an_id_is_acknowledged(server: ServerProcess) ->
 
 
 def test_the_documented_401_is_what_a_guarded_server_answers(
-        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
     """openapi.yaml's `Unauthorized` response and the AsyncAPI server's note on tokens."""
     config = tmp_path / "auth.yaml"
     config.write_text('auth:\n  bearer_tokens: ["docs-token"]\nstorage:\n  fsync: false\n')
     server = start_server(args=["--config", str(config)])
     api = f"{server.url}/api/files/upload"
-    for method, url in [("POST", api), ("GET", f"{api}/{'A' * 22}"),
-                        ("PUT", f"{api}/{'A' * 22}"), ("DELETE", f"{api}/{'A' * 22}")]:
-        response = requests.request(method, url, timeout=TIMEOUT, json={"filename": "a"},
-                                    headers={"Authorization": "Bearer wrong"})
+    for method, url in [
+        ("POST", api),
+        ("GET", f"{api}/{'A' * 22}"),
+        ("PUT", f"{api}/{'A' * 22}"),
+        ("DELETE", f"{api}/{'A' * 22}"),
+    ]:
+        response = requests.request(
+            method,
+            url,
+            timeout=TIMEOUT,
+            json={"filename": "a"},
+            headers={"Authorization": "Bearer wrong"},
+        )
         assert response.status_code == 401, (method, response.status_code, response.text)
         body = response.json()
         validate_rest("Error", body)
@@ -520,16 +663,19 @@ def test_the_documented_401_is_what_a_guarded_server_answers(
     health = requests.get(f"{server.url}/healthz", timeout=TIMEOUT)
     assert health.status_code == 200
     validate_rest("Health", health.json())
-    created = requests.post(api, json={"filename": "a", "size": 1}, timeout=TIMEOUT,
-                            headers={"Authorization": "Bearer docs-token"})
+    created = requests.post(
+        api,
+        json={"filename": "a", "size": 1},
+        timeout=TIMEOUT,
+        headers={"Authorization": "Bearer docs-token"},
+    )
     assert created.status_code == 201
     validate_rest("CreateResponse", created.json())
 
     async def connect(auth: dict[str, str] | None) -> bool:
         client = socketio.AsyncClient(reconnection=False)
         try:
-            await client.connect(server.url, transports=["websocket"], auth=auth,
-                                 wait_timeout=WAIT)
+            await client.connect(server.url, transports=["websocket"], auth=auth, wait_timeout=WAIT)
         except socketio.exceptions.ConnectionError:
             return False
         await client.disconnect()

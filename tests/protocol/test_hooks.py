@@ -443,8 +443,13 @@ def test_binary_metadata_reaches_hooks_as_text_and_base64_and_can_be_set_by_one(
     raw = b"na\xefve \xff.txt"  # Latin-1, not UTF-8
     set_by_hook = b"\x00\x80\xfe"
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
-    end.set(PRE, answer={"metadata": {"filename": "kept.txt"},
-                         "metadataBinary": {"filename": b64(raw), "sig": b64(set_by_hook)}})
+    end.set(
+        PRE,
+        answer={
+            "metadata": {"filename": "kept.txt"},
+            "metadataBinary": {"filename": b64(raw), "sig": b64(set_by_hook)},
+        },
+    )
     end.set(POST, answer={})
     header = f"filename {b64(raw)},type {b64(b'text/plain')}"
     response = HTTP.post(
@@ -471,7 +476,6 @@ def test_binary_metadata_reaches_hooks_as_text_and_base64_and_can_be_set_by_one(
         "sig": b64(set_by_hook),
     }
     assert post.payload["upload"]["metadata"]["sig"] == set_by_hook.decode("utf-8", "replace")
-
 
 
 def test_pre_create_gets_the_new_upload_and_the_client_request(

@@ -87,8 +87,15 @@ class Uploader:
     def create(self, size: int | None, filename: str = "song.bin") -> str:
         raise NotImplementedError
 
-    def chunk_head(self, upload_id: str, offset: int, length: int, total: int | None,
-                   declare_length: bool = False, extra: dict[str, str] | None = None) -> bytes:
+    def chunk_head(
+        self,
+        upload_id: str,
+        offset: int,
+        length: int,
+        total: int | None,
+        declare_length: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> bytes:
         """The request line and headers of a chunk request of `length` bytes at `offset`.
 
         `total` is the size as the client knows it (None: still unknown); `declare_length`
@@ -99,12 +106,20 @@ class Uploader:
     def offset(self, upload_id: str) -> int:
         raise NotImplementedError
 
-    def send(self, upload_id: str, offset: int, data: bytes, total: int | None,
-             declare_length: bool = False, extra: dict[str, str] | None = None) -> int:
+    def send(
+        self,
+        upload_id: str,
+        offset: int,
+        data: bytes,
+        total: int | None,
+        declare_length: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> int:
         """Send one chunk whole; return the HTTP status."""
         with raw_connection(self.server) as sock:
-            sock.sendall(self.chunk_head(upload_id, offset, len(data), total, declare_length,
-                                         extra) + data)
+            sock.sendall(
+                self.chunk_head(upload_id, offset, len(data), total, declare_length, extra) + data
+            )
             return read_status(sock)
 
 
@@ -112,8 +127,7 @@ class TusUploader(Uploader):
     name = "tus"
 
     def create(self, size: int | None, filename: str = "song.bin") -> str:
-        headers = {"Tus-Resumable": "1.0.0",
-                   "Upload-Metadata": "filename " + b64(filename)}
+        headers = {"Tus-Resumable": "1.0.0", "Upload-Metadata": "filename " + b64(filename)}
         if size is None:
             headers["Upload-Defer-Length"] = "1"
         else:
@@ -122,19 +136,31 @@ class TusUploader(Uploader):
         assert response.status_code == 201, (response.status_code, response.text)
         return response.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
 
-    def chunk_head(self, upload_id: str, offset: int, length: int, total: int | None,
-                   declare_length: bool = False, extra: dict[str, str] | None = None) -> bytes:
-        headers = {"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
-                   "Content-Type": "application/offset+octet-stream",
-                   "Content-Length": str(length), **(extra or {})}
+    def chunk_head(
+        self,
+        upload_id: str,
+        offset: int,
+        length: int,
+        total: int | None,
+        declare_length: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> bytes:
+        headers = {
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(length),
+            **(extra or {}),
+        }
         if declare_length:
             assert total is not None
             headers["Upload-Length"] = str(total)
         return request_head(self.server, "PATCH", f"/files/{upload_id}", headers)
 
     def offset(self, upload_id: str) -> int:
-        response = HTTP.head(f"{self.server.files_url}{upload_id}",
-                             headers={"Tus-Resumable": "1.0.0"}, timeout=WAIT)
+        response = HTTP.head(
+            f"{self.server.files_url}{upload_id}", headers={"Tus-Resumable": "1.0.0"}, timeout=WAIT
+        )
         assert response.status_code == 200, response.status_code
         return int(response.headers["Upload-Offset"])
 
@@ -143,17 +169,31 @@ class RestUploader(Uploader):
     name = "rest"
 
     def create(self, size: int | None, filename: str = "song.bin") -> str:
-        response = HTTP.post(f"{self.server.url}/api/files/upload",
-                             json={"filename": filename, "size": size}, timeout=WAIT)
+        response = HTTP.post(
+            f"{self.server.url}/api/files/upload",
+            json={"filename": filename, "size": size},
+            timeout=WAIT,
+        )
         assert response.status_code == 201, (response.status_code, response.text)
         return str(response.json()["uploadId"])
 
-    def chunk_head(self, upload_id: str, offset: int, length: int, total: int | None,
-                   declare_length: bool = False, extra: dict[str, str] | None = None) -> bytes:
+    def chunk_head(
+        self,
+        upload_id: str,
+        offset: int,
+        length: int,
+        total: int | None,
+        declare_length: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> bytes:
         assert length > 0, "a Content-Range cannot say an empty range"
         span = f"bytes {offset}-{offset + length - 1}/{'*' if total is None else total}"
-        headers = {"Content-Type": "application/octet-stream", "Content-Range": span,
-                   "Content-Length": str(length), **(extra or {})}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": span,
+            "Content-Length": str(length),
+            **(extra or {}),
+        }
         return request_head(self.server, "PUT", f"/api/files/upload/{upload_id}", headers)
 
     def offset(self, upload_id: str) -> int:
@@ -190,8 +230,10 @@ def test_join_acks_the_room_and_sends_the_current_offset_at_once(uploader: Uploa
         source = os.urandom(96 * KiB)
         upload_id = await off_loop(uploader.create, len(source))
         first = 40 * KiB + 3
-        assert await off_loop(uploader.send, upload_id, 0, source[:first], len(source)) \
+        assert (
+            await off_loop(uploader.send, upload_id, 0, source[:first], len(source))
             == OK_STATUS[uploader.name]
+        )
         stored = await off_loop(uploader.offset, upload_id)
         assert stored == first
 
@@ -230,8 +272,9 @@ def test_progress_is_monotonic_and_ends_at_100_then_one_complete(uploader: Uploa
             assert len(progress) >= 5, "the snapshot, then at least one per chunk request"
             for event in progress:
                 assert event["uploadId"] == upload_id and event["size"] == len(source)
-                assert event["percent"] == pytest.approx(event["offset"] * 100 / len(source),
-                                                         abs=0.01)
+                assert event["percent"] == pytest.approx(
+                    event["offset"] * 100 / len(source), abs=0.01
+                )
             assert (progress[-1]["offset"], progress[-1]["percent"]) == (len(source), 100)
             completes = watcher.names().count("uploadComplete")
             assert completes == 1, f"uploadComplete came {completes} times"
@@ -252,7 +295,8 @@ def test_progress_is_monotonic_and_ends_at_100_then_one_complete(uploader: Uploa
 
 
 def test_progress_arrives_during_a_slow_request_but_no_more_often_than_the_interval(
-        uploader: Uploader) -> None:
+    uploader: Uploader,
+) -> None:
     async def scenario() -> None:
         piece, count, pause = 24 * KiB, 30, 0.1  # ~3 s of sending, one piece every 100 ms
         source = os.urandom(piece * count)
@@ -262,25 +306,38 @@ def test_progress_arrives_during_a_slow_request_but_no_more_often_than_the_inter
             await watcher.wait_for("uploadProgress", upload_id, timeout=AT_ONCE)  # snapshot
             joined = len(watcher.seen)
             head = uploader.chunk_head(upload_id, 0, len(source), len(source))
-            status, answered = await off_loop(send_slowly, uploader.server, head,
-                                              [source[i:i + piece] for i in
-                                               range(0, len(source), piece)], pause)
+            status, answered = await off_loop(
+                send_slowly,
+                uploader.server,
+                head,
+                [source[i : i + piece] for i in range(0, len(source), piece)],
+                pause,
+            )
             assert status == OK_STATUS[uploader.name]
-            await watcher.wait_for("uploadProgress", upload_id,
-                                   lambda event: event["offset"] == len(source))
+            await watcher.wait_for(
+                "uploadProgress", upload_id, lambda event: event["offset"] == len(source)
+            )
 
             # Upload progress only: processing's own events follow the end-of-request flush.
-            events = [seen for seen in watcher.seen[joined:] if seen.name == "uploadProgress"
-                      and seen.data["stage"] == "uploading"]
-            during = [seen for seen in events
-                      if seen.data["offset"] < len(source) and seen.at < answered]
+            events = [
+                seen
+                for seen in watcher.seen[joined:]
+                if seen.name == "uploadProgress" and seen.data["stage"] == "uploading"
+            ]
+            during = [
+                seen for seen in events if seen.data["offset"] < len(source) and seen.at < answered
+            ]
             assert len(during) >= 5, (
                 f"only {len(during)} progress events arrived during a ~3 s request "
-                f"(interval {INTERVAL_MS} ms): {[seen.data['offset'] for seen in events]}")
-            gaps = [round(later.at - earlier.at, 3)
-                    for earlier, later in itertools.pairwise(events[:-1])]
+                f"(interval {INTERVAL_MS} ms): {[seen.data['offset'] for seen in events]}"
+            )
+            gaps = [
+                round(later.at - earlier.at, 3)
+                for earlier, later in itertools.pairwise(events[:-1])
+            ]
             assert all(gap >= MIN_GAP for gap in gaps), (
-                f"progress came more often than every {INTERVAL_MS} ms: gaps {gaps}")
+                f"progress came more often than every {INTERVAL_MS} ms: gaps {gaps}"
+            )
             assert events[-1].data["offset"] == len(source), "the end-of-request flush"
             offsets = [seen.data["offset"] for seen in events]
             assert offsets == sorted(offsets)
@@ -304,8 +361,15 @@ def test_a_bad_checksum_gives_checksum_mismatch_and_keeps_the_offset(server: Any
         async with watching(server) as watcher:
             await watcher.join(upload_id)
             wrong = b64(hashlib.sha1(b"not these bytes").digest())
-            status = await off_loop(uploader.send, upload_id, first, source[first:],
-                                    len(source), False, {"Upload-Checksum": f"sha1 {wrong}"})
+            status = await off_loop(
+                uploader.send,
+                upload_id,
+                first,
+                source[first:],
+                len(source),
+                False,
+                {"Upload-Checksum": f"sha1 {wrong}"},
+            )
             assert status == 460
             error = await watcher.wait_for("uploadError", upload_id)
             assert error["code"] == "checksum-mismatch"
@@ -317,8 +381,15 @@ def test_a_bad_checksum_gives_checksum_mismatch_and_keeps_the_offset(server: Any
 
             # Retryable indeed: the same bytes with the right digest finish the upload.
             right = b64(hashlib.sha1(source[first:]).digest())
-            status = await off_loop(uploader.send, upload_id, first, source[first:],
-                                    len(source), False, {"Upload-Checksum": f"sha1 {right}"})
+            status = await off_loop(
+                uploader.send,
+                upload_id,
+                first,
+                source[first:],
+                len(source),
+                False,
+                {"Upload-Checksum": f"sha1 {right}"},
+            )
             assert status == 204
             complete = await watcher.wait_for("uploadComplete", upload_id)
             assert complete["sha256"] == hashlib.sha256(source).hexdigest()
@@ -342,7 +413,9 @@ def test_a_chunk_refused_before_its_body_for_its_length_gives_size_exceeded(
             assert status == 413
             error = await watcher.wait_for("uploadError", upload_id)
             assert (error["code"], error["retryable"], error["offset"]) == (
-                "size-exceeded", False, 0
+                "size-exceeded",
+                False,
+                0,
             )
             assert await off_loop(uploader.offset, upload_id) == 0
             await asyncio.sleep(QUIET)
@@ -357,10 +430,12 @@ def test_upload_complete_carries_binary_metadata_as_text_and_base64(server: Any)
     raw = b"\xc0\xff video.mp4"
 
     async def scenario() -> None:
-        headers = {"Tus-Resumable": "1.0.0", "Upload-Length": "3",
-                   "Upload-Metadata": f"filename {b64(raw)},kind {b64(b'clip')}"}
-        created = await off_loop(
-            lambda: HTTP.post(server.files_url, headers=headers, timeout=WAIT))
+        headers = {
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": "3",
+            "Upload-Metadata": f"filename {b64(raw)},kind {b64(b'clip')}",
+        }
+        created = await off_loop(lambda: HTTP.post(server.files_url, headers=headers, timeout=WAIT))
         assert created.status_code == 201, created.text
         upload_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
         async with watching(server) as watcher:
@@ -387,23 +462,28 @@ def test_progress_never_reports_bytes_that_a_bad_checksum_drops(server: Any) -> 
         async with watching(server) as watcher:
             await watcher.join(upload_id)
             wrong = b64(hashlib.sha1(b"not these bytes").digest())
-            head = uploader.chunk_head(upload_id, 0, len(source), len(source), False,
-                                       {"Upload-Checksum": f"sha1 {wrong}"})
-            status, _ = await off_loop(send_slowly, server, head,
-                                       [source[i:i + piece] for i in
-                                        range(0, len(source), piece)], pause)
+            head = uploader.chunk_head(
+                upload_id, 0, len(source), len(source), False, {"Upload-Checksum": f"sha1 {wrong}"}
+            )
+            status, _ = await off_loop(
+                send_slowly,
+                server,
+                head,
+                [source[i : i + piece] for i in range(0, len(source), piece)],
+                pause,
+            )
             assert status == 460
             await watcher.wait_for("uploadError", upload_id)
             assert await off_loop(uploader.offset, upload_id) == 0
             offsets = [event["offset"] for event in watcher.payloads("uploadProgress")]
             assert max(offsets) == 0, (
-                f"uploadProgress claimed bytes the checksum mismatch then dropped: {offsets}")
+                f"uploadProgress claimed bytes the checksum mismatch then dropped: {offsets}"
+            )
 
     run(scenario())
 
 
-def test_a_chunk_cut_mid_body_gives_connection_lost_and_is_retryable(
-        uploader: Uploader) -> None:
+def test_a_chunk_cut_mid_body_gives_connection_lost_and_is_retryable(uploader: Uploader) -> None:
     async def scenario() -> None:
         source = os.urandom(256 * KiB)
         half = 100 * KiB + 5
@@ -420,8 +500,7 @@ def test_a_chunk_cut_mid_body_gives_connection_lost_and_is_retryable(
             assert await off_loop(uploader.offset, upload_id) == half
             assert watcher.payloads("uploadProgress")[-1]["offset"] == half
 
-            status = await off_loop(uploader.send, upload_id, half, source[half:],
-                                    len(source))
+            status = await off_loop(uploader.send, upload_id, half, source[half:], len(source))
             assert status == OK_STATUS[uploader.name]
             complete = await watcher.wait_for("uploadComplete", upload_id)
             assert complete["sha256"] == hashlib.sha256(source).hexdigest()
@@ -457,7 +536,8 @@ def test_events_reach_only_their_room_and_stop_after_leave(uploader: Uploader) -
                 await witness.wait_for("uploadComplete", upload_a)
                 await asyncio.sleep(QUIET)
             assert in_a.seen[seen_before_leave:] == [], (
-                f"events after leaveUploadRoom: {in_a.names()[seen_before_leave:]}")
+                f"events after leaveUploadRoom: {in_a.names()[seen_before_leave:]}"
+            )
             assert in_b.upload_ids() == {upload_b}, "upload A's events reached room B"
 
     run(scenario())
@@ -478,8 +558,9 @@ def test_size_and_percent_are_null_until_the_length_is_declared(uploader: Upload
 
             status = await off_loop(uploader.send, upload_id, 0, source[:half], None)
             assert status == OK_STATUS[uploader.name]
-            await watcher.wait_for("uploadProgress", upload_id,
-                                   lambda event: event["offset"] == half)
+            await watcher.wait_for(
+                "uploadProgress", upload_id, lambda event: event["offset"] == half
+            )
             for event in watcher.payloads("uploadProgress"):
                 assert (event["size"], event["percent"]) == (None, None), event
             if isinstance(uploader, RestUploader):
@@ -487,12 +568,14 @@ def test_size_and_percent_are_null_until_the_length_is_declared(uploader: Upload
                 assert (status_now["size"], status_now["percent"]) == (None, None)
             declared_from = len(watcher.seen)
 
-            status = await off_loop(uploader.send, upload_id, half, source[half:],
-                                    len(source), True)
+            status = await off_loop(
+                uploader.send, upload_id, half, source[half:], len(source), True
+            )
             assert status == OK_STATUS[uploader.name]
             complete = await watcher.wait_for("uploadComplete", upload_id)
-            after = [seen.data for seen in watcher.seen[declared_from:]
-                     if seen.name == "uploadProgress"]
+            after = [
+                seen.data for seen in watcher.seen[declared_from:] if seen.name == "uploadProgress"
+            ]
             assert after, "no progress for the chunk that declared the length"
             assert all(event["size"] == len(source) for event in after), after
             assert (after[-1]["offset"], after[-1]["percent"]) == (len(source), 100)
@@ -528,8 +611,7 @@ def test_invalid_joins_get_an_error_ack_and_nobody_is_disconnected(uploader: Upl
     async def scenario() -> None:
         source = os.urandom(32 * KiB)
         upload_id = await off_loop(uploader.create, len(source))
-        async with watching(uploader.server) as bystander, \
-                watching(uploader.server) as watcher:
+        async with watching(uploader.server) as bystander, watching(uploader.server) as watcher:
             await bystander.join(upload_id)
             misanswered: dict[str, Any] = {}
             for label, args in INVALID_JOINS:
@@ -553,7 +635,8 @@ def test_invalid_joins_get_an_error_ack_and_nobody_is_disconnected(uploader: Upl
             assert misanswered == {}, (
                 "these joins did not get {'ok': false, 'error': ...}: "
                 f"{ {label: short(ack) for label, ack in misanswered.items()} }\n"
-                + uploader.server.log_tail(30))
+                + uploader.server.log_tail(30)
+            )
 
     run(scenario())
 
@@ -566,9 +649,20 @@ def test_the_node_socket_io_client_watches_a_tus_upload(node: str, server: Any) 
     source = os.urandom(512 * KiB + 1)
     upload_id = uploader.create(len(source))
     watcher = subprocess.Popen(
-        [node, str(WATCH_JS), "--url", server.url, "--upload-id", upload_id,
-         "--timeout-ms", "20000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            node,
+            str(WATCH_JS),
+            "--url",
+            server.url,
+            "--upload-id",
+            upload_id,
+            "--timeout-ms",
+            "20000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=pump_lines, args=(watcher.stdout, lines), daemon=True).start()
     printed: list[dict[str, Any]] = []
@@ -618,8 +712,20 @@ def test_watch_upload_mjs_exits_1_when_it_cannot_connect(node: str) -> None:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     proc = subprocess.run(
-        [node, str(WATCH_JS), "--url", f"http://127.0.0.1:{port}", "--upload-id", UNKNOWN_ID,
-         "--timeout-ms", "5000"], capture_output=True, text=True, timeout=15)
+        [
+            node,
+            str(WATCH_JS),
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--upload-id",
+            UNKNOWN_ID,
+            "--timeout-ms",
+            "5000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stdout == "" and proc.stderr.strip()
 
@@ -627,8 +733,20 @@ def test_watch_upload_mjs_exits_1_when_it_cannot_connect(node: str) -> None:
 def test_watch_upload_mjs_exits_1_on_its_timeout(node: str, server: Any) -> None:
     upload_id = TusUploader(server).create(10)  # nothing is ever sent
     proc = subprocess.run(
-        [node, str(WATCH_JS), "--url", server.url, "--upload-id", upload_id,
-         "--timeout-ms", "1000"], capture_output=True, text=True, timeout=15)
+        [
+            node,
+            str(WATCH_JS),
+            "--url",
+            server.url,
+            "--upload-id",
+            upload_id,
+            "--timeout-ms",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
     printed = [json.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(line["event"] for line in printed) == ["joinUploadRoom", "uploadProgress"]
@@ -650,7 +768,8 @@ class Watcher:
     """A python-socketio AsyncClient that records every event it receives."""
 
     sio: socketio.AsyncClient = field(
-        default_factory=lambda: socketio.AsyncClient(reconnection=False))
+        default_factory=lambda: socketio.AsyncClient(reconnection=False)
+    )
     seen: list[Seen] = field(default_factory=list)
     disconnected: bool = False
 
@@ -679,14 +798,26 @@ class Watcher:
     def upload_ids(self) -> set[str]:
         return {seen.data.get("uploadId") for seen in self.seen}
 
-    async def wait_for(self, name: str, upload_id: str,
-                       check: Callable[[dict[str, Any]], bool] = lambda event: True,
-                       timeout: float = WAIT) -> dict[str, Any]:
+    async def wait_for(
+        self,
+        name: str,
+        upload_id: str,
+        check: Callable[[dict[str, Any]], bool] = lambda event: True,
+        timeout: float = WAIT,
+    ) -> dict[str, Any]:
         """The first `name` event for `upload_id` that passes `check`, within `timeout`."""
+
         def found() -> dict[str, Any] | None:
-            return next((seen.data for seen in self.seen if seen.name == name
-                         and seen.data.get("uploadId") == upload_id and check(seen.data)),
-                        None)
+            return next(
+                (
+                    seen.data
+                    for seen in self.seen
+                    if seen.name == name
+                    and seen.data.get("uploadId") == upload_id
+                    and check(seen.data)
+                ),
+                None,
+            )
 
         async def poll() -> dict[str, Any]:
             while (event := found()) is None:
@@ -696,15 +827,18 @@ class Watcher:
         try:
             return await asyncio.wait_for(poll(), timeout)
         except TimeoutError:
-            pytest.fail(f"no {name} for {upload_id} within {timeout} s; "
-                        f"got {[(seen.name, seen.data) for seen in self.seen]}")
+            pytest.fail(
+                f"no {name} for {upload_id} within {timeout} s; "
+                f"got {[(seen.name, seen.data) for seen in self.seen]}"
+            )
 
 
 @asynccontextmanager
 async def watching(server: Any) -> Any:
     watcher = Watcher()
     await asyncio.wait_for(
-        watcher.sio.connect(server.url, transports=["websocket"], wait_timeout=WAIT), WAIT + 1)
+        watcher.sio.connect(server.url, transports=["websocket"], wait_timeout=WAIT), WAIT + 1
+    )
     try:
         yield watcher
     finally:
@@ -726,8 +860,12 @@ async def upload_whole(uploader: Uploader, upload_id: str, source: bytes) -> Non
 
 def request_head(server: Any, method: str, path: str, headers: dict[str, str]) -> bytes:
     host = urlsplit(server.url).netloc
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close",
-             *(f"{name}: {value}" for name, value in headers.items())]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -750,8 +888,9 @@ def read_status(sock: socket.socket) -> int:
     return int(received.split(b" ", 2)[1])
 
 
-def send_slowly(server: Any, head: bytes, body_pieces: list[bytes],
-                pause: float) -> tuple[int, float]:
+def send_slowly(
+    server: Any, head: bytes, body_pieces: list[bytes], pause: float
+) -> tuple[int, float]:
     """Send the head, then one piece every `pause` s; return (status, when it was answered)."""
     with raw_connection(server) as sock:
         sock.sendall(head)
@@ -778,7 +917,7 @@ def download(url: str) -> bytes:
 
 def pieces(source: bytes, size: int) -> Iterator[tuple[int, bytes]]:
     for offset in range(0, len(source), size):
-        yield offset, source[offset:offset + size]
+        yield offset, source[offset : offset + size]
 
 
 def pump_lines(stream: Any, lines: queue.Queue[str | None]) -> None:

@@ -25,8 +25,15 @@ from tests.tus_helpers import (
     tus_client,
 )
 
-ALL_EXTENSIONS = {"creation", "creation-with-upload", "creation-defer-length", "expiration",
-                  "checksum", "termination", "concatenation"}
+ALL_EXTENSIONS = {
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "expiration",
+    "checksum",
+    "termination",
+    "concatenation",
+}
 
 
 @pytest.fixture
@@ -54,11 +61,11 @@ async def create(tus: Tus, length: int = 10, **headers: str) -> str:
 
 
 async def patch(tus: Tus, path: str, offset: int, body: bytes, **headers: str) -> Any:
-    return await tus("PATCH", path, {"Upload-Offset": str(offset), **OFFSET_TYPE, **headers},
-                     body)
+    return await tus("PATCH", path, {"Upload-Offset": str(offset), **OFFSET_TYPE, **headers}, body)
 
 
 # -- core protocol -----------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_options_advertises_version_extensions_max_size_and_checksums(tus: Tus) -> None:
@@ -68,14 +75,19 @@ async def test_options_advertises_version_extensions_max_size_and_checksums(tus:
     assert set(response.headers["Tus-Extension"].split(",")) == ALL_EXTENSIONS
     assert response.headers["Tus-Max-Size"] == "1000000"
     assert set(response.headers["Tus-Checksum-Algorithm"].split(",")) == {
-        "sha1", "md5", "sha256", "crc32"}
+        "sha1",
+        "md5",
+        "sha256",
+        "crc32",
+    }
 
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("method", ["POST", "HEAD", "PATCH", "DELETE"])
 @pytest.mark.parametrize("version", [None, "0.2.2", "2.0.0", ""])
-async def test_requests_without_supported_tus_resumable_get_412(tus: Tus, method: str,
-                                                                 version: str | None) -> None:
+async def test_requests_without_supported_tus_resumable_get_412(
+    tus: Tus, method: str, version: str | None
+) -> None:
     path = await create(tus) if method != "POST" else "/files/"
     headers = {"Upload-Length": "10", "Upload-Offset": "0", **OFFSET_TYPE}
     if version is not None:
@@ -88,8 +100,12 @@ async def test_requests_without_supported_tus_resumable_get_412(tus: Tus, method
 @pytest.mark.gen_test
 async def test_every_answer_carries_tus_resumable(tus: Tus) -> None:
     path = await create(tus)
-    for response in [await tus("HEAD", path), await patch(tus, path, 0, b"abc"),
-                     await patch(tus, path, 0, b"abc"), await tus("HEAD", "/files/nope" * 3)]:
+    for response in [
+        await tus("HEAD", path),
+        await patch(tus, path, 0, b"abc"),
+        await patch(tus, path, 0, b"abc"),
+        await tus("HEAD", "/files/nope" * 3),
+    ]:
         assert response.headers["Tus-Resumable"] == "1.0.0"
 
 
@@ -109,9 +125,12 @@ async def test_head_reports_offset_length_and_no_store(tus: Tus) -> None:
 @pytest.mark.gen_test
 @pytest.mark.parametrize("method", ["HEAD", "PATCH", "DELETE", "GET"])
 async def test_unknown_upload_is_404(tus: Tus, method: str) -> None:
-    response = await tus(method, "/files/AAAAAAAAAAAAAAAAAAAAAA",
-                         {"Upload-Offset": "0", **OFFSET_TYPE},
-                         b"x" if method == "PATCH" else None)
+    response = await tus(
+        method,
+        "/files/AAAAAAAAAAAAAAAAAAAAAA",
+        {"Upload-Offset": "0", **OFFSET_TYPE},
+        b"x" if method == "PATCH" else None,
+    )
     assert response.code == 404
 
 
@@ -158,9 +177,11 @@ async def test_patch_past_upload_length_is_413_and_stores_nothing(tus: Tus) -> N
 
 # -- creation, creation-with-upload, creation-defer-length ------------------------------
 
+
 @pytest.mark.gen_test
-async def test_creation_gives_201_and_an_unguessable_url_safe_location(tus: Tus,
-                                                                      base_url: str) -> None:
+async def test_creation_gives_201_and_an_unguessable_url_safe_location(
+    tus: Tus, base_url: str
+) -> None:
     first = await tus("POST", "/files/", {"Upload-Length": "5"})
     second = await tus("POST", "/files/", {"Upload-Length": "5"})
     assert first.code == second.code == 201
@@ -171,16 +192,19 @@ async def test_creation_gives_201_and_an_unguessable_url_safe_location(tus: Tus,
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("headers,status", [
-    ({}, 400),
-    ({"Upload-Length": "5", "Upload-Defer-Length": "1"}, 400),
-    ({"Upload-Defer-Length": "0"}, 400),
-    ({"Upload-Length": "-1"}, 400),
-    ({"Upload-Length": "1000001"}, 413),
-    ({"Upload-Length": "1000000"}, 201),
-    ({"Upload-Length": "0"}, 201),
-    ({"Upload-Defer-Length": "1"}, 201),
-])
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ({}, 400),
+        ({"Upload-Length": "5", "Upload-Defer-Length": "1"}, 400),
+        ({"Upload-Defer-Length": "0"}, 400),
+        ({"Upload-Length": "-1"}, 400),
+        ({"Upload-Length": "1000001"}, 413),
+        ({"Upload-Length": "1000000"}, 201),
+        ({"Upload-Length": "0"}, 201),
+        ({"Upload-Defer-Length": "1"}, 201),
+    ],
+)
 async def test_creation_length_rules(tus: Tus, headers: dict[str, str], status: int) -> None:
     assert (await tus("POST", "/files/", headers)).code == status
 
@@ -209,6 +233,7 @@ async def test_deferred_length_is_declared_by_a_later_patch(tus: Tus) -> None:
 
 # -- expiration --------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
 async def test_unfinished_uploads_carry_upload_expires(tus: Tus) -> None:
     created = await tus("POST", "/files/", {"Upload-Length": "4"})
@@ -220,7 +245,8 @@ async def test_unfinished_uploads_carry_upload_expires(tus: Tus) -> None:
 
 @pytest.mark.gen_test
 async def test_idle_unfinished_uploads_expire_with_410_and_lose_their_data(
-        tmp_path: Path, http_client: Any, base_url: str) -> None:
+    tmp_path: Path, http_client: Any, base_url: str
+) -> None:
     # pytest-tornado serves the `app` fixture; this test needs its own short TTL, so it
     # builds a second app and drives the service directly for the HTTP-free sweep.
     short = make_app(tmp_path / "short", expiration={"unfinished_ttl_seconds": 0.2})
@@ -239,13 +265,17 @@ async def test_idle_unfinished_uploads_expire_with_410_and_lose_their_data(
 
 # -- checksum ----------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
 @pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "crc32"])
 async def test_a_matching_checksum_is_accepted(tus: Tus, algorithm: str) -> None:
     path = await create(tus, 5)
     body = b"hello"
-    value = (b64(zlib.crc32(body).to_bytes(4, "big")) if algorithm == "crc32"
-             else digest(algorithm, body))
+    value = (
+        b64(zlib.crc32(body).to_bytes(4, "big"))
+        if algorithm == "crc32"
+        else digest(algorithm, body)
+    )
     response = await patch(tus, path, 0, body, **{"Upload-Checksum": f"{algorithm} {value}"})
     assert response.code == 204
 
@@ -254,8 +284,9 @@ async def test_a_matching_checksum_is_accepted(tus: Tus, algorithm: str) -> None
 async def test_a_checksum_mismatch_is_460_and_the_bytes_are_discarded(tus: Tus) -> None:
     path = await create(tus, 10)
     await patch(tus, path, 0, b"abc")
-    response = await patch(tus, path, 3, b"def",
-                           **{"Upload-Checksum": f"sha1 {digest('sha1', b'other')}"})
+    response = await patch(
+        tus, path, 3, b"def", **{"Upload-Checksum": f"sha1 {digest('sha1', b'other')}"}
+    )
     assert response.code == 460
     assert (await tus("HEAD", path)).headers["Upload-Offset"] == "3"
 
@@ -269,6 +300,7 @@ async def test_an_unsupported_checksum_algorithm_is_400(tus: Tus) -> None:
 
 # -- termination -------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
 async def test_termination_removes_the_upload(tus: Tus, formforge: Any) -> None:
     path = await create(tus, 10)
@@ -281,6 +313,7 @@ async def test_termination_removes_the_upload(tus: Tus, formforge: Any) -> None:
 
 
 # -- concatenation -----------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_concatenation_joins_partials_in_order(tus: Tus, base_url: str) -> None:
@@ -324,20 +357,32 @@ async def test_final_with_an_unfinished_partial_is_400(tus: Tus) -> None:
 
 # -- X-HTTP-Method-Override, CORS --------------------------------------------------------
 
+
 @pytest.mark.gen_test
 async def test_method_override_turns_a_post_into_patch_and_delete(tus: Tus) -> None:
     path = await create(tus, 3)
-    response = await tus("POST", path, {"X-HTTP-Method-Override": "PATCH",
-                                        "Upload-Offset": "0", **OFFSET_TYPE}, b"abc")
+    response = await tus(
+        "POST",
+        path,
+        {"X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0", **OFFSET_TYPE},
+        b"abc",
+    )
     assert (response.code, response.headers["Upload-Offset"]) == (204, "3")
     assert (await tus("POST", path, {"X-HTTP-Method-Override": "DELETE"})).code == 204
 
 
 @pytest.mark.gen_test
 async def test_cors_preflight_allows_tus_headers_and_methods(tus: Tus) -> None:
-    response = await tus("OPTIONS", "/files/", {
-        "Origin": "https://app.example", "Access-Control-Request-Method": "PATCH",
-        "Access-Control-Request-Headers": "upload-offset,tus-resumable"}, tus=False)
+    response = await tus(
+        "OPTIONS",
+        "/files/",
+        {
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "upload-offset,tus-resumable",
+        },
+        tus=False,
+    )
     assert response.code == 204
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
@@ -347,15 +392,14 @@ async def test_cors_preflight_allows_tus_headers_and_methods(tus: Tus) -> None:
 
 @pytest.mark.gen_test
 async def test_cors_exposes_the_tus_headers(tus: Tus) -> None:
-    response = await tus("POST", "/files/", {"Upload-Length": "1",
-                                             "Origin": "https://app.example"})
+    response = await tus("POST", "/files/", {"Upload-Length": "1", "Origin": "https://app.example"})
     exposed = response.headers["Access-Control-Expose-Headers"]
-    for name in ("Location", "Upload-Offset", "Upload-Length", "Tus-Resumable",
-                 "Upload-Expires"):
+    for name in ("Location", "Upload-Offset", "Upload-Length", "Tus-Resumable", "Upload-Expires"):
         assert name in exposed
 
 
 # -- download ----------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_get_of_an_unfinished_upload_is_409(tus: Tus) -> None:
@@ -365,17 +409,21 @@ async def test_get_of_an_unfinished_upload_is_409(tus: Tus) -> None:
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("range_header,status,body,content_range", [
-    (None, 200, b"0123456789", None),
-    ("bytes=0-3", 206, b"0123", "bytes 0-3/10"),
-    ("bytes=7-", 206, b"789", "bytes 7-9/10"),
-    ("bytes=-2", 206, b"89", "bytes 8-9/10"),
-    ("bytes=5-100", 206, b"56789", "bytes 5-9/10"),
-    ("bytes=10-", 416, b"", "bytes */10"),
-    ("bytes=0-1,4-5", 200, b"0123456789", None),
-])
-async def test_download_with_range(tus: Tus, range_header: str | None, status: int,
-                                   body: bytes, content_range: str | None) -> None:
+@pytest.mark.parametrize(
+    "range_header,status,body,content_range",
+    [
+        (None, 200, b"0123456789", None),
+        ("bytes=0-3", 206, b"0123", "bytes 0-3/10"),
+        ("bytes=7-", 206, b"789", "bytes 7-9/10"),
+        ("bytes=-2", 206, b"89", "bytes 8-9/10"),
+        ("bytes=5-100", 206, b"56789", "bytes 5-9/10"),
+        ("bytes=10-", 416, b"", "bytes */10"),
+        ("bytes=0-1,4-5", 200, b"0123456789", None),
+    ],
+)
+async def test_download_with_range(
+    tus: Tus, range_header: str | None, status: int, body: bytes, content_range: str | None
+) -> None:
     path = await create(tus, 10)
     await patch(tus, path, 0, b"0123456789")
     headers = {"Range": range_header} if range_header else {}
@@ -387,12 +435,19 @@ async def test_download_with_range(tus: Tus, range_header: str | None, status: i
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("filetype,disposition", [
-    ("image/png", "inline"), ("text/html", "attachment"), ("image/svg+xml", "attachment"),
-    ("application/javascript", "attachment"), (None, "attachment"),
-])
-async def test_download_is_inline_only_for_harmless_types(tus: Tus, filetype: str | None,
-                                                          disposition: str) -> None:
+@pytest.mark.parametrize(
+    "filetype,disposition",
+    [
+        ("image/png", "inline"),
+        ("text/html", "attachment"),
+        ("image/svg+xml", "attachment"),
+        ("application/javascript", "attachment"),
+        (None, "attachment"),
+    ],
+)
+async def test_download_is_inline_only_for_harmless_types(
+    tus: Tus, filetype: str | None, disposition: str
+) -> None:
     name = 'résumé "x".bin'
     metadata = f"filename {b64(name)}"
     if filetype:
@@ -408,6 +463,7 @@ async def test_download_is_inline_only_for_harmless_types(tus: Tus, filetype: st
 
 
 # -- health and metrics ------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_healthz_and_metrics(tus: Tus) -> None:

@@ -126,9 +126,15 @@ def test_every_third_party_import_is_declared() -> None:
     extras = [dep for deps in project["optional-dependencies"].values() for dep in deps]
     declared = " ".join([*project["dependencies"], *extras]).lower()
     # import name -> distribution name, where they differ
-    dist = {"yaml": "pyyaml", "tusclient": "tuspy", "socketio": "python-socketio",
-            "engineio": "python-socketio", "prometheus_client": "prometheus-client",
-            "botocore": "aiobotocore", "pydantic_core": "pydantic"}
+    dist = {
+        "yaml": "pyyaml",
+        "tusclient": "tuspy",
+        "socketio": "python-socketio",
+        "engineio": "python-socketio",
+        "prometheus_client": "prometheus-client",
+        "botocore": "aiobotocore",
+        "pydantic_core": "pydantic",
+    }
     stdlib = set(sys.stdlib_module_names)
     missing = set()
     for path in PACKAGE.rglob("*.py"):
