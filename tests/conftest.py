@@ -73,7 +73,8 @@ class ServerProcess:
 
     def _drain_output(self) -> None:
         """Keep reading the log pipe so a chatty server can never block on a full pipe."""
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         stream = self.proc.stdout
 
         def pump() -> None:

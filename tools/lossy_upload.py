@@ -337,7 +337,8 @@ class Lab:
         return self
 
     def _read_wire(self) -> None:
-        assert self.wire is not None and self.wire.stdout is not None
+        assert self.wire is not None
+        assert self.wire.stdout is not None
         for line in self.wire.stdout:
             with contextlib.suppress(ValueError):
                 self.wire_lines.append(json.loads(line))

@@ -286,8 +286,7 @@ async def acquire_with_retries(locker: Locker, upload_id: str, within: float) ->
         try:
             return await locker.acquire(upload_id, idle_body())
         except UploadError as error:
-            assert error.kind is ErrorKind.UPLOAD_LOCKED
-            if time.monotonic() > deadline:
+            if error.kind is not ErrorKind.UPLOAD_LOCKED or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
 

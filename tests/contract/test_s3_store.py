@@ -184,7 +184,8 @@ async def test_a_stalled_body_has_its_bytes_written_as_the_tail(s3_store: S3Stor
     await gate.put(data[:MIB])
     await asyncio.sleep(3 * s3_store.idle_flush_seconds)  # the client stalls
     tail = await head(s3_store, s3_store.key(upload_id, ".tail"))
-    assert tail is not None and tail["ContentLength"] == MIB
+    assert tail is not None
+    assert tail["ContentLength"] == MIB
     assert (await s3_store.get_info(upload_id)).offset == MIB
     for start in range(MIB, len(data), MIB):  # it goes on: the tail joins part 1
         await gate.put(data[start : start + MIB])
@@ -261,7 +262,8 @@ async def test_concatenation_respects_the_part_rules(s3_store: S3Store, sizes: l
         new_upload_id(), len(whole), {}, ConcatRole.FINAL, tuple(p.id for p in partials)
     )
     info = await s3_store.concatenate(final, partials)
-    assert info.is_complete and info.offset == len(whole)
+    assert info.is_complete
+    assert info.offset == len(whole)
     assert await sha256_of(s3_store, final.id, len(whole)) == hashlib.sha256(whole).hexdigest()
 
 

@@ -88,7 +88,7 @@ async def test_bytes_pulled_before_a_failure_are_kept(store: Store) -> None:
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("keep,offset", [(True, 5), (False, 2)])
+@pytest.mark.parametrize(("keep", "offset"), [(True, 5), (False, 2)])
 async def test_provisional_bytes_stay_only_if_kept(store: Store, keep: bool, offset: int) -> None:
     upload_id = await new(store)
     await store.write(upload_id, 0, chunks(b"ab"))
@@ -118,7 +118,8 @@ async def test_an_intended_length_is_kept_from_creation_and_from_an_update(store
 async def test_terminate_keeps_a_tombstone_and_forget_removes_it(store: Store) -> None:
     upload_id = await new(store)
     await store.write(upload_id, 0, chunks(b"abc"))
-    assert hasattr(store, "terminate") and hasattr(store, "forget")
+    assert hasattr(store, "terminate")
+    assert hasattr(store, "forget")
     await store.terminate(upload_id, UploadState.TERMINATED)
     info = await store.get_info(upload_id)
     assert (info.state, info.offset) == (UploadState.TERMINATED, 0)
@@ -137,7 +138,8 @@ async def test_concatenate_joins_parts_in_order(store: Store) -> None:
     final = NewUpload(new_upload_id(), 13, {}, ConcatRole.FINAL, tuple(p.id for p in parts))
     assert hasattr(store, "concatenate")
     info = await store.concatenate(final, parts)
-    assert info.is_complete and info.parts == final.parts
+    assert info.is_complete
+    assert info.parts == final.parts
     assert await read_all(store, final.id, 0, 13) == b"one-two-three"
 
 

@@ -172,7 +172,8 @@ def server_stays_healthy(server: Server, http: requests.Session) -> Iterator[Non
     assert health.json() == {"status": "ok"}
     new_log = "".join(server.log[log_start:])
     assert "Traceback" not in new_log, new_log
-    assert " 500 " not in new_log and "internal-error" not in new_log, new_log
+    assert " 500 " not in new_log, new_log
+    assert "internal-error" not in new_log, new_log
     outside = _files_outside(server)
     sentinel = {p.name: p.read_bytes() for p in server.sentinel.iterdir()}
     # Put things back first, so that one escape fails one test rather than all that follow.

@@ -109,7 +109,8 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
     node: Any = document
     for token in ref[2:].split("/"):
         token = unquote(token).replace("~1", "/").replace("~0", "~")
-        assert isinstance(node, dict) and token in node, f"{ref} does not resolve ({token!r})"
+        assert isinstance(node, dict), f"{ref} does not resolve ({token!r})"
+        assert token in node, f"{ref} does not resolve ({token!r})"
         node = node[token]
     return node
 
@@ -138,7 +139,8 @@ def asyncapi() -> dict[str, Any]:
 
 def test_openapi_is_well_formed(openapi: dict[str, Any]) -> None:
     assert re.fullmatch(r"3\.1\.\d+", str(openapi["openapi"])), openapi["openapi"]
-    assert openapi["info"]["title"] and openapi["info"]["version"]
+    assert openapi["info"]["title"]
+    assert openapi["info"]["version"]
     for holder, ref in refs(openapi):
         assert resolve(openapi, ref) is not None, (holder, ref)
     for name, schema in schemas_in(openapi):
@@ -214,7 +216,8 @@ def test_openapi_says_what_the_contract_and_the_code_say(openapi: dict[str, Any]
 
 def test_asyncapi_is_well_formed(asyncapi: dict[str, Any]) -> None:
     assert str(asyncapi["asyncapi"]) == "3.0.0"
-    assert asyncapi["info"]["title"] and asyncapi["info"]["version"]
+    assert asyncapi["info"]["title"]
+    assert asyncapi["info"]["version"]
     for holder, ref in refs(asyncapi):
         assert resolve(asyncapi, ref) is not None, (holder, ref)
     for _name, schema in schemas_in(asyncapi):
@@ -453,7 +456,8 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
         ack = await room.call("joinUploadRoom", upload_id)
         assert ack == {"ok": True, "room": f"upload:{upload_id}"}
         snapshot = await room.wait_for("uploadProgress")
-        assert snapshot["offset"] == 0 and snapshot["size"] == len(source)
+        assert snapshot["offset"] == 0
+        assert snapshot["size"] == len(source)
         for start in range(0, len(source), 65536):
             piece = source[start : start + 65536]
             response = await off_loop(rest_put, server, upload_id, start, piece, len(source))
@@ -463,7 +467,8 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
             await room.wait_for("uploadProgress", lambda e, end=end: e["offset"] == end)
         done = await room.wait_for("uploadComplete")
         assert done["sha256"] == hashlib.sha256(source).hexdigest()
-        assert done["size"] == len(source) and done["filename"] == "photo.raw"
+        assert done["size"] == len(source)
+        assert done["filename"] == "photo.raw"
         assert done["metadata"] == {
             "album": "docs",
             "filename": "photo.raw",
@@ -484,7 +489,8 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
         i for i, name in enumerate(names) if name == "uploadProgress"
     )
     percents = [data["percent"] for name, data in room.seen if name == "uploadProgress"]
-    assert percents == sorted(percents) and percents[-1] == 100
+    assert percents == sorted(percents)
+    assert percents[-1] == 100
 
 
 def test_a_deferred_upload_reports_null_size_and_percent(server: ServerProcess) -> None:
@@ -493,15 +499,18 @@ def test_a_deferred_upload_reports_null_size_and_percent(server: ServerProcess) 
     async def scenario(room: Room) -> None:
         await room.call("joinUploadRoom", upload_id)
         snapshot = await room.wait_for("uploadProgress")
-        assert snapshot["size"] is None and snapshot["percent"] is None
+        assert snapshot["size"] is None
+        assert snapshot["percent"] is None
         response = await off_loop(rest_put, server, upload_id, 0, b"hello", "*")
         assert response.status_code == 200, response.text
         first = await room.wait_for("uploadProgress", lambda e: e["offset"] == 5)
-        assert first["size"] is None and first["percent"] is None
+        assert first["size"] is None
+        assert first["percent"] is None
         response = await off_loop(rest_put, server, upload_id, 5, b" world", 11)
         assert response.status_code == 200, response.text
         last = await room.wait_for("uploadProgress", lambda e: e["offset"] == 11)
-        assert last["size"] == 11 and last["percent"] == 100
+        assert last["size"] == 11
+        assert last["percent"] == 100
         await room.wait_for("uploadComplete")
 
     assert in_room(server, scenario).validate_all() >= 4
@@ -528,7 +537,8 @@ def test_a_bad_tus_checksum_emits_upload_error(server: ServerProcess) -> None:
         assert response.status_code == 460, response.text
         error = await room.wait_for("uploadError")
         assert error["code"] == "checksum-mismatch"
-        assert error["retryable"] is True and error["offset"] == 0
+        assert error["retryable"] is True
+        assert error["offset"] == 0
 
     assert in_room(server, scenario).validate_all() >= 2
 
@@ -548,7 +558,8 @@ def test_a_body_past_the_size_emits_size_exceeded(server: ServerProcess) -> None
         )
         assert response.status_code == 413, response.text
         error = await room.wait_for("uploadError")
-        assert error["code"] == "size-exceeded" and error["retryable"] is False
+        assert error["code"] == "size-exceeded"
+        assert error["retryable"] is False
 
     assert in_room(server, scenario).validate_all() >= 2
 
@@ -580,7 +591,8 @@ def test_a_connection_cut_mid_chunk_emits_connection_lost(server: ServerProcess)
         await off_loop(_cut_put, server, upload_id, b"x" * 10, 100)
         error = await room.wait_for("uploadError")
         assert error["code"] == "connection-lost"
-        assert error["retryable"] is True and error["offset"] == 10
+        assert error["retryable"] is True
+        assert error["offset"] == 10
 
     assert in_room(server, scenario).validate_all() >= 2
 
@@ -595,7 +607,8 @@ def test_a_deletion_emits_terminated(server: ServerProcess) -> None:
         )
         assert response.status_code == 204
         error = await room.wait_for("uploadError")
-        assert error["code"] == "terminated" and error["retryable"] is False
+        assert error["code"] == "terminated"
+        assert error["retryable"] is False
 
     assert in_room(server, scenario).validate_all() >= 2
 

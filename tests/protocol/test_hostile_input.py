@@ -150,9 +150,11 @@ def http() -> Iterator[requests.Session]:
 
 def check_health(server: ServerProcess, logged: int) -> None:
     """Alive, healthy, no traceback logged since `logged`, nothing written outside."""
-    assert server.proc is not None and server.proc.poll() is None, server.log_tail()
+    assert server.proc is not None, server.log_tail()
+    assert server.proc.poll() is None, server.log_tail()
     health = requests.get(server.url + "/healthz", timeout=TIMEOUT)
-    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok"}
     time.sleep(0.01)  # let the log pump catch up with what the last request logged
     new_lines = "".join(server.output[logged:])
     assert "Traceback" not in new_lines, new_lines[-6000:]
@@ -273,7 +275,8 @@ def raw_request(
     `half_close` the client stops sending after `body`, so a Content-Length that promised
     more makes a cut body: then (0, b"") stands for "closed without an answer"."""
     host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
-    assert host is not None and port is not None
+    assert host is not None
+    assert port is not None
     headers = dict(headers or {})
     lines = [
         method.encode() + b" " + path + b" HTTP/1.1",
@@ -317,7 +320,8 @@ def check_download(http: requests.Session, url: str, content: bytes, filename: s
     assert response.content == content
     disposition = response.headers["Content-Disposition"]
     assert not any(c in disposition for c in "\r\n\x00"), disposition
-    assert disposition.isascii() and disposition.isprintable(), disposition
+    assert disposition.isascii(), disposition
+    assert disposition.isprintable(), disposition
     match = re.fullmatch(
         r"(attachment|inline); filename=\"([^\"]*)\"; filename\*=UTF-8''(\S*)", disposition
     )
@@ -325,7 +329,8 @@ def check_download(http: requests.Session, url: str, content: bytes, filename: s
     fallback, encoded = match.group(2), match.group(3)
     assert not any(c in fallback for c in '/\\"%'), fallback
     exact = unquote(encoded, errors="strict")
-    assert "/" not in exact and "\\" not in exact, exact
+    assert "/" not in exact, exact
+    assert "\\" not in exact, exact
     expected = (filename or upload_id(url)).replace("/", "_").replace("\\", "_")
     assert exact == expected, (exact, filename)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -592,7 +597,9 @@ def test_traversal_in_static_paths(server: ServerProcess) -> None:
         for method in ("GET", "HEAD"):
             status, text = raw_request(server, method, b"/static/" + segment)
             assert status in (400, 403, 404), (segment, status)
-            assert secret not in text and b"root:" not in text and b"fsync" not in text
+            assert secret not in text
+            assert b"root:" not in text
+            assert b"fsync" not in text
 
 
 def forget_known_tracebacks(server: ServerProcess, logged: int) -> None:
@@ -674,7 +681,8 @@ def test_hostile_filenames_stay_names(
         assert answer.status_code == 200, answer.text
         url = created["tusUrl"]
     status = wait_complete(http, server, upload_id(url))
-    assert status["state"] == "complete" and status["filename"] == (filename or None)
+    assert status["state"] == "complete"
+    assert status["filename"] == (filename or None)
     check_download(http, url, content, filename)
 
 
@@ -1021,14 +1029,17 @@ def test_socketio_traversal_and_foreign_ids(
         "AAAAAAAAAAAAAAAAAAAAAA",
     ]:
         ack = sio.call("joinUploadRoom", name)
-        assert isinstance(ack, dict) and set(ack) == {"ok", "error"}, (name, ack)
-        assert ack["ok"] is False and isinstance(ack["error"], str)
+        assert isinstance(ack, dict), (name, ack)
+        assert set(ack) == {"ok", "error"}, (name, ack)
+        assert ack["ok"] is False
+        assert isinstance(ack["error"], str)
         # Leaving a room one is not in is fine; a malformed id is refused.
         ack = sio.call("leaveUploadRoom", name)
         if looks_like_id(name):
             assert ack == {"ok": True}, (name, ack)
         else:
-            assert ack["ok"] is False and isinstance(ack["error"], str), (name, ack)
+            assert ack["ok"] is False, (name, ack)
+            assert isinstance(ack["error"], str), (name, ack)
     # Another client's upload: the id is the capability, as over HTTP.
     other = create(requests.Session(), server, 10)
     ack = sio.call("joinUploadRoom", upload_id(other))
@@ -1276,7 +1287,8 @@ def test_fuzz_filename_metadata_to_download(
         )
         status = no_5xx(response, metadata)
         if status != 201:
-            assert status == 400 and response.json()["error"]["code"], response.text
+            assert status == 400, response.text
+            assert response.json()["error"]["code"], response.text
             healthy()
             return
         created = response.json()
@@ -1289,7 +1301,8 @@ def test_fuzz_filename_metadata_to_download(
         assert answer.status_code == 200, answer.text
         url = created["tusUrl"]
     state = wait_complete(http, server, upload_id(url))
-    assert state["state"] == "complete" and state["metadata"]["filename"] == filename
+    assert state["state"] == "complete"
+    assert state["metadata"]["filename"] == filename
     check_download(http, url, content, filename)
     healthy()
 
@@ -1356,7 +1369,8 @@ def test_fuzz_upload_concat(
             for u in head(http, final).headers["Upload-Concat"].removeprefix("final;").split()
         ]
         by_id = {upload_id(url): content for url, content in concat_parts.values()}
-        assert listed and all(part in by_id for part in listed), listed
+        assert listed, listed
+        assert all(part in by_id for part in listed), listed
         assert http.get(final, timeout=TIMEOUT).content == b"".join(by_id[p] for p in listed)
         if separator != ",":  # (a comma-separated list: test_upload_concat_that_is_not_...)
             # Exactly the parts asked for, in order; only complete partials can be.
@@ -1436,7 +1450,8 @@ def test_fuzz_rest_creation_to_download(
     status = no_5xx(response, document)
     body = response.json()
     if status != 201:
-        assert 400 <= status < 500 and body["error"]["code"], body
+        assert 400 <= status < 500, body
+        assert body["error"]["code"], body
         healthy()
         return
     if size == 7:
@@ -1582,7 +1597,8 @@ def test_fuzz_socketio_payloads(
     elif event == "leaveUploadRoom" and looks_like_id(first):
         assert ack == {"ok": True}, (args, ack)
     else:
-        assert isinstance(ack, dict) and ack.get("ok") is False, (args, ack)
+        assert isinstance(ack, dict), (args, ack)
+        assert ack.get("ok") is False, (args, ack)
         assert isinstance(ack.get("error"), str)
     assert sio.client.connected
     healthy()

@@ -230,7 +230,8 @@ class Draft:
             "POST", "/files/", {**completion(self.version, complete), **(extra or {})}, body
         )
         assert final.status == 201, final
-        assert interim and interim[0].get("Location") == final.get("Location"), (interim, final)
+        assert interim, (interim, final)
+        assert interim[0].get("Location") == final.get("Location"), (interim, final)
         return path_of(final), final
 
     def append(
@@ -342,7 +343,8 @@ def test_creation_announces_the_upload_with_104_before_the_body_is_read(draft: D
         if lifetime_key(draft.version) is None:
             assert limit is None, first
         else:
-            assert limit is not None and "max-size=" in limit, first
+            assert limit is not None, first
+            assert "max-size=" in limit, first
         wire.send(body)
         interim, final = wire.exchange()
     assert all(r.get("Location") is None for r in interim), interim
@@ -351,7 +353,8 @@ def test_creation_announces_the_upload_with_104_before_the_body_is_read(draft: D
     assert final.get("Upload-Offset") == final.get("Upload-Length") == str(len(body))
     assert says_complete(draft.version, final)
     got = download(draft.server, path_of(final))
-    assert got.status_code == 200 and got.content == body
+    assert got.status_code == 200
+    assert got.content == body
     assert got.headers["Content-Type"] == "image/png"
 
 
@@ -359,7 +362,8 @@ def test_offset_retrieval(draft: Draft) -> None:
     """HEAD: 204, Upload-Offset, the completeness field, Cache-Control: no-store; no length
     while the client has not completed the upload."""
     path, created = draft.create(b"0123456789", complete=False)
-    assert created.get("Upload-Offset") == "10" and not says_complete(draft.version, created)
+    assert created.get("Upload-Offset") == "10"
+    assert not says_complete(draft.version, created)
     head = draft.head(path)
     assert head.status == 204, head
     assert head.get("Upload-Offset") == "10"
@@ -371,13 +375,16 @@ def test_offset_retrieval(draft: Draft) -> None:
     if key is None:
         assert limit is None
     else:
-        assert limit and re.search(rf"\b{key}=\d+", limit) and "max-size=" in limit, head
+        assert limit, head
+        assert re.search(rf"\b{key}=\d+", limit), head
+        assert "max-size=" in limit, head
 
 
 def test_appends_then_completion(draft: Draft) -> None:
     first, second = os.urandom(64 * KiB), os.urandom(10 * KiB)
     path, created = draft.create()  # careful creation: no body
-    assert created.get("Upload-Offset") == "0" and not says_complete(draft.version, created)
+    assert created.get("Upload-Offset") == "0"
+    assert not says_complete(draft.version, created)
 
     response = draft.append(path, 0, first, complete=False)
     assert response.status == append_status(draft.version), response
@@ -392,7 +399,8 @@ def test_appends_then_completion(draft: Draft) -> None:
     assert says_complete(draft.version, response)
 
     head = draft.head(path)
-    assert says_complete(draft.version, head) and head.get("Upload-Length") == total
+    assert says_complete(draft.version, head)
+    assert head.get("Upload-Length") == total
     assert download(draft.server, path).content == first + second
 
 
@@ -407,7 +415,8 @@ def test_empty_complete_append_completes_an_upload_with_all_its_bytes(draft: Dra
 def test_put_creates_too(draft: Draft) -> None:
     """The draft lets any method with content create an upload; /files/ takes POST and PUT."""
     _, final = draft.call("PUT", "/files/", completion(draft.version, True), b"put body")
-    assert final.status == 201 and says_complete(draft.version, final), final
+    assert final.status == 201, final
+    assert says_complete(draft.version, final), final
     assert download(draft.server, path_of(final)).content == b"put body"
 
 
@@ -423,7 +432,8 @@ def test_offset_mismatch_is_409_with_problem_details(draft: Draft) -> None:
         assert response.get("Upload-Complete") == "?0", response
     problem = response.problem()
     assert problem["type"] == problem_type(draft.version, "mismatching-upload-offset")
-    assert problem["expected-offset"] == 5 and problem["provided-offset"] == 3
+    assert problem["expected-offset"] == 5
+    assert problem["provided-offset"] == 3
     assert problem["status"] == 409
     assert draft.head(path).get("Upload-Offset") == "5"  # nothing was written
 
@@ -491,7 +501,8 @@ def test_options_announces_limits(draft: Draft) -> None:
     assert response.status == 204, response
     key = lifetime_key(draft.version)
     if key is None:
-        assert response.get("Upload-Limit") is None and response.get("Accept-Patch") is None
+        assert response.get("Upload-Limit") is None
+        assert response.get("Accept-Patch") is None
     else:
         assert response.get("Accept-Patch") == "application/partial-upload"
         limit = response.get("Upload-Limit") or ""
@@ -574,7 +585,8 @@ def test_a_length_indicated_by_an_incomplete_request_is_remembered(draft: Draft)
     length in the Upload-Length header field"; "The offset could match the length, but the
     upload can still be incomplete"."""
     path, created = draft.create(b"0123456789", extra={"Upload-Length": "30"})
-    assert created.get("Upload-Length") == "30" and not says_complete(draft.version, created)
+    assert created.get("Upload-Length") == "30"
+    assert not says_complete(draft.version, created)
     head = draft.head(path)
     assert (head.get("Upload-Offset"), head.get("Upload-Length")) == ("10", "30"), head
 
@@ -608,7 +620,8 @@ def test_later_requests_must_agree_with_the_remembered_length(draft: Draft) -> N
     assert draft.head(path).get("Upload-Offset") == "0"  # nothing was written
 
     response = draft.append(path, 0, b"abcdefgh", complete=True, extra={"Upload-Length": "8"})
-    assert says_complete(draft.version, response) and response.get("Upload-Length") == "8"
+    assert says_complete(draft.version, response)
+    assert response.get("Upload-Length") == "8"
     assert download(draft.server, path).content == b"abcdefgh"
 
 
@@ -635,7 +648,8 @@ def test_an_offset_retrieval_stops_a_request_still_sending(draft: Draft) -> None
     body = os.urandom(256 * KiB)
     earlier = start_slow_append(draft, path, body, 64 * KiB)
     head = draft.head(path)
-    assert head.status == 204 and head.get("Upload-Offset") == str(64 * KiB), head
+    assert head.status == 204, head
+    assert head.get("Upload-Offset") == str(64 * KiB), head
     with contextlib.suppress(OSError):
         earlier.send(body[64 * KiB : 128 * KiB])  # too late: that request is over
     assert_stopped(earlier)
@@ -676,9 +690,11 @@ def test_a_completing_request_without_content_needs_no_upload_slot(
     with start_slow_append(draft, busy, b"x" * 100, 10):  # holds the only slot
         assert draft.append(path, 3, b"d", complete=False).status == 503  # bytes need one
         response = draft.append(path, 3, b"", complete=True)
-        assert response.status == 204 and says_complete(8, response), response
+        assert response.status == 204, response
+        assert says_complete(8, response), response
         _, empty_file = draft.call("POST", "/files/", completion(8, True))
-        assert empty_file.status == 201 and says_complete(8, empty_file), empty_file
+        assert empty_file.status == 201, empty_file
+        assert says_complete(8, empty_file), empty_file
         assert stored_offset(draft.server, busy) == 10  # the holder was not disturbed
     assert download(draft.server, path).content == b"abc"
     assert download(draft.server, path_of(empty_file)).content == b""
@@ -722,7 +738,8 @@ def test_a_chunked_append_cut_after_its_last_byte_is_not_complete(draft: Draft) 
             wire.send(b"%x\r\n%s\r\n" % (len(piece), piece))
         time.sleep(0.3)
     head = eventually_offset(draft, path, len(body))
-    assert not says_complete(draft.version, head) and head.get("Upload-Length") is None
+    assert not says_complete(draft.version, head)
+    assert head.get("Upload-Length") is None
     assert download(draft.server, path).status_code == 409
 
     response = draft.append(path, len(body), b"", complete=True)
@@ -778,9 +795,11 @@ def test_a_slow_append_reports_stored_progress_with_104s(
     assert all(r.status == 104 for r in interim)
     assert all(r.get("Location") is None for r in interim), interim
     assert all(r.get("Upload-Draft-Interop-Version") == str(version) for r in interim)
-    assert offsets == sorted(set(offsets)) and offsets[0] > 0, offsets
+    assert offsets == sorted(set(offsets)), offsets
+    assert offsets[0] > 0, offsets
     assert offsets[-1] <= len(body)
-    assert final.status == append_status(version) and says_complete(version, final), final
+    assert final.status == append_status(version), final
+    assert says_complete(version, final), final
     assert final.get("Upload-Offset") == str(len(body))
     assert download(shared_server, path).content == body
 
@@ -809,7 +828,9 @@ def test_a_slow_creation_announces_then_reports_progress(shared_server: ServerPr
         interim, final = wire.exchange()
     assert interim[0].get("Location") == final.get("Location"), (interim, final)
     progress = [int(r.get("Upload-Offset") or -1) for r in interim[1:]]
-    assert progress and progress == sorted(set(progress)) and progress[-1] <= len(body)
+    assert progress
+    assert progress == sorted(set(progress))
+    assert progress[-1] <= len(body)
     assert all(r.get("Location") is None for r in interim[1:])
     assert download(shared_server, path_of(final)).content == body
 
@@ -831,7 +852,8 @@ def test_expect_100_continue_gets_both_interim_responses(
         wire.send(b"hello")
         _, final = wire.exchange()
     assert sorted(statuses) == [100, 104], statuses
-    assert final.status == 201 and final.get("Upload-Offset") == "5", final
+    assert final.status == 201, final
+    assert final.get("Upload-Offset") == "5", final
 
 
 def test_http_1_0_gets_no_interim_responses(shared_server: ServerProcess) -> None:
@@ -845,14 +867,16 @@ def test_http_1_0_gets_no_interim_responses(shared_server: ServerProcess) -> Non
         )
         wire.send(b"hello")
         interim, final = wire.exchange()
-    assert interim == [] and final.status == 201, (interim, final)
+    assert interim == [], (interim, final)
+    assert final.status == 201, (interim, final)
 
 
 def test_an_unknown_interop_version_is_a_plain_upload(shared_server: ServerProcess) -> None:
     """No 104 for a version we do not speak; the body is taken as the whole file."""
     draft = Draft(shared_server, 99)
     interim, final = draft.call("POST", "/files/", {"Upload-Complete": "?1"}, b"plain")
-    assert interim == [] and final.status == 201, (interim, final)
+    assert interim == [], (interim, final)
+    assert final.status == 201, (interim, final)
     assert download(shared_server, path_of(final)).content == b"plain"
     assert draft.head(path_of(final)).status == 400
     refused = draft.append(path_of(final), 5, b"more", complete=True)
@@ -894,14 +918,17 @@ def test_tus_shares_the_endpoint_and_the_uploads(shared_server: ServerProcess) -
         )
         wire.send(b"tus")
         interim, final = wire.exchange()
-    assert interim == [] and final.status == 201 and final.get("Tus-Resumable") == "1.0.0"
+    assert interim == []
+    assert final.status == 201
+    assert final.get("Tus-Resumable") == "1.0.0"
     assert download(shared_server, path_of(final)).content == b"tus"
 
     path, _ = Draft(shared_server, 6).create(b"draft", complete=False)
     with Wire(shared_server.port) as wire:
         wire.start("HEAD", path, tus)
         head = wire.response()
-    assert head.get("Upload-Offset") == "5" and head.get("Upload-Defer-Length") == "1", head
+    assert head.get("Upload-Offset") == "5", head
+    assert head.get("Upload-Defer-Length") == "1", head
 
 
 # --------------------------------------------------------------------------- tus-js-client
@@ -966,7 +993,7 @@ def sha256(data: bytes) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol,version", [("ietf-draft-03", 5), ("ietf-draft-05", 6)])
+@pytest.mark.parametrize(("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)])
 def test_tus_js_client_uploads_in_appends(
     node: str, start_server: Callable[..., Any], tmp_path: Path, protocol: str, version: int
 ) -> None:
@@ -982,13 +1009,15 @@ def test_tus_js_client_uploads_in_appends(
     assert len(re.findall(r"^chunk-complete ", client.log(), re.M)) == 6, client.log()
     assert result["bytes"] == len(data)
     got = download(server, urlsplit(result["url"]).path)
-    assert got.status_code == 200 and sha256(got.content) == sha256(data)
+    assert got.status_code == 200
+    assert sha256(got.content) == sha256(data)
     head = Draft(server, version).head(urlsplit(result["url"]).path)
-    assert head.get("Upload-Complete") == "?1" and head.get("Upload-Length") == str(len(data))
+    assert head.get("Upload-Complete") == "?1"
+    assert head.get("Upload-Length") == str(len(data))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol,version", [("ietf-draft-03", 5), ("ietf-draft-05", 6)])
+@pytest.mark.parametrize(("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)])
 def test_tus_js_client_resumes_after_the_server_was_killed(
     node: str, start_server: Callable[..., Any], tmp_path: Path, protocol: str, version: int
 ) -> None:
@@ -1018,4 +1047,5 @@ def test_tus_js_client_resumes_after_the_server_was_killed(
         client.stop()
     assert urlsplit(result["url"]).path == path
     got = download(server, path)
-    assert got.status_code == 200 and sha256(got.content) == sha256(data)
+    assert got.status_code == 200
+    assert sha256(got.content) == sha256(data)

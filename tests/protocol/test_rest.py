@@ -91,7 +91,8 @@ def http() -> Iterator[requests.Session]:
 def server_stays_healthy(server: ServerProcess) -> Iterator[None]:
     logged = len(server.output)
     yield
-    assert server.proc is not None and server.proc.poll() is None, server.log_tail()
+    assert server.proc is not None, server.log_tail()
+    assert server.proc.poll() is None, server.log_tail()
     health = requests.get(server.url + "/healthz", timeout=TIMEOUT)
     assert health.status_code == 200
     validate_rest("Health", health.json())
@@ -252,8 +253,10 @@ def test_create_is_201_with_every_key_and_a_location(
     validate_rest("CreateResponse", body)
     assert set(body) == CREATE_KEYS
     upload_id = body["uploadId"]
-    assert body["offset"] == 0 and body["size"] == 10
-    assert isinstance(body["chunkSize"], int) and body["chunkSize"] > 0
+    assert body["offset"] == 0
+    assert body["size"] == 10
+    assert isinstance(body["chunkSize"], int)
+    assert body["chunkSize"] > 0
     assert parse_utc(body["expiresAt"]) > datetime.now(UTC)
     assert body["uploadUrl"] == f"{server.url}/api/files/upload/{upload_id}"
     assert body["tusUrl"] == f"{server.url}/files/{upload_id}"
@@ -308,12 +311,15 @@ def test_size_null_defers_the_length_until_a_chunk_declares_it(
     assert created["size"] is None
     assert tus_head(server, upload_id).headers["Upload-Defer-Length"] == "1"
     first = status(server, http, upload_id)
-    assert first["size"] is None and first["percent"] is None
+    assert first["size"] is None
+    assert first["percent"] is None
 
     answer = chunk_ok(send(server, http, upload_id, 0, b"hello", content_range="bytes 0-4/*"))
     assert position(answer) == {"uploadId": upload_id, "offset": 5, "size": None, "complete": False}
     middle = status(server, http, upload_id)
-    assert middle["offset"] == 5 and middle["size"] is None and middle["percent"] is None
+    assert middle["offset"] == 5
+    assert middle["size"] is None
+    assert middle["percent"] is None
     assert middle["state"] == "uploading"
 
     answer = chunk_ok(send(server, http, upload_id, 5, b" world", 11))
@@ -348,7 +354,8 @@ def test_put_and_patch_both_write_chunks(
     for method, piece in zip(methods, (source[:300], source[300:600], source[600:]), strict=True):
         answer = chunk_ok(send(server, http, upload_id, offset, piece, len(source), method))
         offset += len(piece)
-        assert answer["offset"] == offset and answer["size"] == len(source)
+        assert answer["offset"] == offset
+        assert answer["size"] == len(source)
         assert answer["complete"] is (offset == len(source))
     wait_for_state(server, http, upload_id, "complete")
     assert download(server, upload_id) == source
@@ -429,7 +436,8 @@ def test_status_has_every_key_and_sane_values(
     current = status(server, http, upload_id)
     assert current["uploadId"] == upload_id
     assert current["filename"] == "notes.txt"
-    assert current["size"] == 8 and current["offset"] == 3
+    assert current["size"] == 8
+    assert current["offset"] == 3
     assert current["state"] == "uploading"
     assert current["percent"] == pytest.approx(37.5)
     assert current["metadata"] == {"k": "v", "filename": "notes.txt"}
@@ -445,8 +453,10 @@ def test_percent_runs_from_0_to_100(server: ServerProcess, http: requests.Sessio
     for offset in range(3):
         chunk_ok(send(server, http, upload_id, offset, b"x", 3))
         seen.append(status(server, http, upload_id)["percent"])
-    assert seen[0] == 0 and seen[-1] == 100
-    assert seen == sorted(seen) and all(0 <= p <= 100 for p in seen)
+    assert seen[0] == 0
+    assert seen[-1] == 100
+    assert seen == sorted(seen)
+    assert all(0 <= p <= 100 for p in seen)
     assert seen[1] == pytest.approx(33.33, abs=0.01)
 
 
@@ -476,7 +486,8 @@ def test_status_of_a_tus_upload_without_filename(
     assert created.status_code == 201
     upload_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
     current = status(server, http, upload_id)
-    assert current["filename"] is None and current["metadata"] == {}
+    assert current["filename"] is None
+    assert current["metadata"] == {}
     assert current["state"] in STATES
 
 

@@ -193,7 +193,7 @@ async def test_creation_gives_201_and_an_unguessable_url_safe_location(
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
-    "headers,status",
+    ("headers", "status"),
     [
         ({}, 400),
         ({"Upload-Length": "5", "Upload-Defer-Length": "1"}, 400),
@@ -410,7 +410,7 @@ async def test_get_of_an_unfinished_upload_is_409(tus: Tus) -> None:
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
-    "range_header,status,body,content_range",
+    ("range_header", "status", "body", "content_range"),
     [
         (None, 200, b"0123456789", None),
         ("bytes=0-3", 206, b"0123", "bytes 0-3/10"),
@@ -436,7 +436,7 @@ async def test_download_with_range(
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
-    "filetype,disposition",
+    ("filetype", "disposition"),
     [
         ("image/png", "inline"),
         ("text/html", "attachment"),

@@ -306,7 +306,8 @@ def test_stored_upload_that_is_gone_starts_a_new_one(
     result = run_cli(cli_env, str(src), "--url", server.files_url)
 
     assert result.returncode == 0, result.stderr
-    assert "starting a new upload" in result.stderr and "404" in result.stderr
+    assert "starting a new upload" in result.stderr
+    assert "404" in result.stderr
     (upload_id,) = upload_ids(server)
     assert result.stdout == server.files_url + upload_id + "\n"
 
@@ -332,7 +333,8 @@ def test_two_files_in_one_run(
 
     assert result.returncode == 0, result.stderr + server.log_tail()
     urls = result.stdout.splitlines()
-    assert len(urls) == 2 and len(set(urls)) == 2, result.stdout
+    assert len(urls) == 2, result.stdout
+    assert len(set(urls)) == 2, result.stdout
     for url, path in zip(urls, files, strict=True):
         assert url.startswith(server.files_url)
         assert download_sha256(url) == shas[path]
@@ -378,7 +380,8 @@ def test_ctrl_c_is_one_line_and_keeps_the_upload_resumable(
     code, out, err = finish_cli(proc, tmp_path)
 
     assert code == 130, err
-    assert out == "" and "Traceback" not in err
+    assert out == ""
+    assert "Traceback" not in err
     assert err.splitlines()[-1] == "interrupted: run the same command again to resume"
     (upload_id,) = upload_ids(server)
     assert stored_urls(cli_env) == [proxy.files_url + upload_id]
@@ -392,7 +395,8 @@ def _assert_one_error_line(result: subprocess.CompletedProcess[str], code: int) 
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
     return lines[0]
 
 

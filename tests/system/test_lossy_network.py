@@ -52,7 +52,8 @@ CLIENT_TIMEOUT = 110.0  # one upload
 def _load_tool() -> ModuleType:
     path = ROOT / "tools" / "lossy_upload.py"
     spec = importlib.util.spec_from_file_location("lossy_upload", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)

@@ -232,7 +232,8 @@ def test_tus_js_client_survives_server_kill(node: str, server: Any, tmp_path: Pa
         server.kill()
         assert acknowledged < size, "the upload finished before the kill; nothing was tested"
         url_lines = re.findall(r"^upload-url (\S+)\n", err_path.read_text(), re.M)
-        assert url_lines and set(url_lines) == {url_lines[0]}, err_path.read_text()
+        assert url_lines, err_path.read_text()
+        assert set(url_lines) == {url_lines[0]}, err_path.read_text()
         upload_url = url_lines[0]
 
         time.sleep(0.5)  # let the client hit the dead server (connection reset / refused)
@@ -305,7 +306,8 @@ def test_tuspy_resumes_after_server_kill(server: Any, tmp_path: Path) -> None:
     call_with_deadline(server, 60, first.upload, stop_at=3 * chunk)
     acknowledged = first.offset
     assert acknowledged == 3 * chunk
-    assert first.url is not None and first.url.startswith(server.files_url), first.url
+    assert first.url is not None, first.url
+    assert first.url.startswith(server.files_url), first.url
 
     server.kill()
     _restart(server)
