@@ -54,7 +54,7 @@ from typing import Any, Protocol
 
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
-from tusclient.uploader import Uploader
+from tusclient.uploader.uploader import Uploader
 
 from tests.system.test_interruptions import (
     Response,
@@ -342,7 +342,7 @@ def metadata_header(name: str) -> str:
     return "filename " + base64.b64encode(f"{name}.bin".encode()).decode()
 
 
-class RecordingUploader(Uploader):  # type: ignore[misc]
+class RecordingUploader(Uploader):
     """tuspy's uploader, telling the ledger every offset its HEADs learn (its retries HEAD
     too, then send a chunk from there)."""
 

@@ -288,7 +288,12 @@ def test_an_authorized_socket_gets_the_events_of_an_authorized_upload(
     async def scenario() -> None:
         client = socketio.AsyncClient(reconnection=False)
         complete: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        client.on("uploadComplete", lambda data: complete.done() or complete.set_result(data))
+
+        def on_complete(data: Any) -> None:
+            if not complete.done():
+                complete.set_result(data)
+
+        client.on("uploadComplete", on_complete)
         await asyncio.wait_for(
             client.connect(server.url, transports=["websocket"], auth={"token": "tok2"}), WAIT
         )

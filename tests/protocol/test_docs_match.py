@@ -452,6 +452,9 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
     )
     other_id = rest_create(server, filename="bystander.bin", size=10)
 
+    def at(end: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda event: bool(event["offset"] == end)
+
     async def scenario(room: Room) -> None:
         ack = await room.call("joinUploadRoom", upload_id)
         assert ack == {"ok": True, "room": f"upload:{upload_id}"}
@@ -464,7 +467,7 @@ def test_a_rest_upload_emits_progress_and_complete_as_documented(server: ServerP
             assert response.status_code == 200, response.text
             end = start + len(piece)
             # Always flushed at the end of a chunk request.
-            await room.wait_for("uploadProgress", lambda e, end=end: e["offset"] == end)
+            await room.wait_for("uploadProgress", at(end))
         done = await room.wait_for("uploadComplete")
         assert done["sha256"] == hashlib.sha256(source).hexdigest()
         assert done["size"] == len(source)
@@ -621,7 +624,8 @@ def test_acknowledgements_of_refused_joins_match_the_document(server: ServerProc
     )
 
     async def scenario(room: Room) -> None:
-        for argument in ("A" * 22, "../../etc/passwd", "", 42, [], {"id": "x"}, deleted):
+        arguments: tuple[object, ...] = ("A" * 22, "../../etc/passwd", "", 42, [], {"id": "x"})
+        for argument in (*arguments, deleted):
             ack = await room.call("joinUploadRoom", argument)
             assert ack["ok"] is False, (argument, ack)
         for argument in ("..", 42):

@@ -259,7 +259,7 @@ class AsyncPythonEnd(PythonEnd):
     function = "ahook"
 
 
-ENDS: dict[str, type[HookEnd]] = {
+ENDS: dict[str, Callable[[Path], HookEnd]] = {
     "http": HttpEnd,
     "command": CommandEnd,
     "python": PythonEnd,

@@ -952,7 +952,7 @@ class NodeUpload:
             assert self.proc.poll() is None, f"the client exited early:\n{self.log()}"
             assert time.monotonic() < deadline, f"no upload URL:\n{self.log()}"
             time.sleep(0.02)
-        return urlsplit(found[0]).path
+        return urlsplit(str(found[0])).path
 
     def result(self, server: Any) -> dict[str, Any]:
         try:

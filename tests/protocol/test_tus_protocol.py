@@ -473,7 +473,7 @@ async def test_healthz_and_metrics(tus: Tus) -> None:
     assert (health.code, health.body) == (200, b'{"status": "ok"}')
 
     async def metrics_text() -> str:
-        return (await tus("GET", "/metrics", tus=False)).body.decode()  # type: ignore[no-any-return]
+        return (await tus("GET", "/metrics", tus=False)).body.decode()
 
     async def finished() -> bool:
         return "formforge_uploads_finished_total 1.0" in await metrics_text()

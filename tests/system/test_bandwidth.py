@@ -40,7 +40,7 @@ def test_a_shared_schedule_splits_the_rate_between_readers() -> None:
     clock = FakeClock()
     schedule = Schedule(4 * MiB, clock)
     first, second = schedule.reserve(MiB), schedule.reserve(MiB)
-    assert (first, second) == (pytest.approx(0.25), pytest.approx(0.5))
+    assert (first, second) == pytest.approx((0.25, 0.5))
 
 
 def test_no_limit_costs_nothing() -> None:

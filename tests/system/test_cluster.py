@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -177,7 +177,7 @@ class CountingFile(io.FileIO):
         super().__init__(path, "rb")
         self.bytes_read = 0
 
-    def read(self, size: int = -1, /) -> bytes:
+    def read(self, size: int | None = -1, /) -> bytes:
         data = super().read(size)
         self.bytes_read += len(data or b"")
         return data
@@ -208,9 +208,9 @@ class TuspyRun:
                 metadata={"filename": self.path.name},
             )
             uploader.set_url(uploader.create_url())
-            self.url.set_result(uploader.url)
+            self.url.set_result(cast(str, uploader.url))  # tuspy types it as its default, None
             uploader.upload()
-            self.done.set_result(uploader.url)
+            self.done.set_result(cast(str, uploader.url))
         except BaseException as error:
             for future in (self.url, self.done):
                 if not future.done():
@@ -342,7 +342,8 @@ class Cluster:
         values = await redis.mget([KEY_PREFIX + upload_id for upload_id in upload_ids])
         holders: list[int | None] = []
         for value in values:
-            locker = value.decode().partition(" ")[0] if value else None
+            text = value.decode() if isinstance(value, bytes) else value
+            locker = text.partition(" ")[0] if text else None
             holders.append(self.locker_ids.get(locker) if locker else None)
         return holders
 
@@ -498,9 +499,13 @@ async def scenario(cluster: Cluster, node: str, tuspy_up: Upload, js_up: Upload)
         await asyncio.wait_for(asyncio.wrap_future(tuspy_run.done), STEP_TIMEOUT)
         js_result = await asyncio.wait_for(js_run.finished(), STEP_TIMEOUT)
         assert js_result == {"url": js_up.url, "bytes": SIZE}
+
+        def completed(upload_id: str) -> Callable[[], bool]:
+            return lambda: bool(watcher.of("uploadComplete", upload_id))
+
         for upload in uploads:
             await watcher.until(
-                lambda u=upload: bool(watcher.of("uploadComplete", u.id)),
+                completed(upload.id),
                 EVENT_TIMEOUT,
                 f"uploadComplete of the {upload.client} upload on node {WATCHED}",
             )
@@ -642,7 +647,7 @@ def account(
     header = int(statistics.median(e["requestLength"] - int(e["contentLength"]) for e in ok))
 
     def body_bytes(entry: dict[str, Any]) -> int:
-        return max(0, min(int(entry["contentLength"]), entry["requestLength"] - header))
+        return max(0, min(int(entry["contentLength"]), int(entry["requestLength"]) - header))
 
     attempted = sum(int(e["contentLength"] or 0) for e in patches)
     transmitted = sum(body_bytes(e) for e in patches)

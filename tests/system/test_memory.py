@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -102,8 +103,13 @@ async def test_memory_is_released_once_per_burst_after_a_quiet_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     releases: list[int] = []
-    work = {"started": 0, "busy": False}
-    monkeypatch.setattr(memory, "release_free_memory", lambda: releases.append(1) or True)
+    work: dict[str, Any] = {"started": 0, "busy": False}
+
+    def release() -> bool:
+        releases.append(1)
+        return True
+
+    monkeypatch.setattr(memory, "release_free_memory", release)
     task = asyncio.create_task(
         memory.release_memory_when_idle(lambda: work["started"], lambda: work["busy"], 0.05)
     )

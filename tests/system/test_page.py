@@ -368,7 +368,7 @@ def test_an_upload_deleted_elsewhere_shows_the_servers_error(
     ui.page.get_by_role("button", name="Resume doomed.bin").click()
 
     def complete(rows: Rows) -> bool:
-        return rows[0]["state"] == "complete"
+        return bool(rows[0]["state"] == "complete")
 
     row = ui.sample_until(complete, FINISH_TIMEOUT, server.log_tail)[-1][0]
     assert row["id"] != upload_id

@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -377,10 +377,14 @@ def test_the_sweeper_expires_idle_uploads_while_others_stream_and_never_a_live_o
     for thread in threads:
         thread.start()
     long_patch.start()
+
+    def removed(path: Path) -> Callable[[], bool]:
+        return lambda: not path.exists()
+
     try:
         for url in idle_urls:
             data = server.data_dir / f"{url.rsplit('/', 1)[1]}.bin"
-            wait_until(lambda data=data: not data.exists(), "the sweep", deadline=2.5 + SLACK)
+            wait_until(removed(data), "the sweep", deadline=2.5 + SLACK)
             assert head(url).status == 410
             late = patch(url, 0, b"late")  # 410 comes before the offset is compared
             assert late.status == 410, late
