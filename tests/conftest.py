@@ -18,6 +18,15 @@ import pytest
 
 START_TIMEOUT = 15.0
 JS_DIR = Path(__file__).resolve().parent / "js"
+TIERS = ("unit", "contract", "protocol", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the folder it is in: `pytest -m unit` and the like."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @dataclass
