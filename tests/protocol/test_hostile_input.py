@@ -1,4 +1,4 @@
-"""Row 6 of the fault matrix: hostile input, against one real `formforge serve`.
+"""Hostile input, against one real `formforge serve`:
 
     Whatever a client sends -- tus headers, Upload-Metadata, Upload-Concat, REST JSON,
     Content-Range, Socket.IO payloads -- the answer is never a 5xx and never a traceback,

@@ -1,4 +1,4 @@
-"""Hints for thin links (issue #9): chunk sizes that follow each client's measured rate.
+"""Hints for thin links: chunk sizes that follow each client's measured rate.
 
 - `formforge/throughput.py`: the rate per client (a moving average over its request bodies,
   for a bounded number of clients) and the advice it gives: about `TARGET_SECONDS` of the

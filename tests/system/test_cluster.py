@@ -1,7 +1,8 @@
 """Three nodes behind nginx, on one Redis and one S3 bucket; one node dies mid-upload.
 
-Issue 8, item 5; CONTRACT.md, "One writer" ("a lock held by a node that died is free again
-within 10 seconds") and the Socket.IO section. Everything is real and on 127.0.0.1:
+What it specifies: "One writer" across nodes (a lock held by a node that died is free
+again within 10 seconds) and Socket.IO events from every node. Everything is real and on
+127.0.0.1:
 
 - `redis-server` (tests/redis_server.py) for locks and Socket.IO fan-out;
 - SeaweedFS (tests/seaweed.py), with a bucket of this test's own, for the bytes;

@@ -1,4 +1,4 @@
-"""Row 4 of the fault matrix: uploads through a lossy network.
+"""Uploads through a lossy network finish, every byte stored exactly once:
 
     Two unmodified tus clients (tuspy and tus-js-client), with their own retries, each
     upload 50 MiB to a real `formforge serve` over a link that drops 10 % of the client's

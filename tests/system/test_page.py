@@ -1,11 +1,11 @@
 """The uploader page at `GET /`, in a real browser: Debian's chromium driven by Playwright.
 
-issue 4: "The test uploads two files through the file input, kills and restarts the server
-mid-upload, and checks the page finishes both, that the stored files' sha256 match, and that
-the server-confirmed mark moved during the upload. It saves a screenshot under the test's tmp
-dir." Also: keyboard use, a phone-sized viewport, pause, resume, cancel, resuming after a
-reload, and no inline script or style (the page's Content-Security-Policy forbids them).
-issue 9: without `?chunkSize=`, the page's chunks follow the link (smaller under a cap).
+Two files uploaded through the file input finish although the server is killed and
+restarted mid-upload: the stored files' sha256 match, and the server-confirmed mark moved
+during the upload (a screenshot is saved under the test's tmp dir). Also: keyboard use, a
+phone-sized viewport, pause, resume, cancel, resuming after a reload, and no inline script or
+style (the page's Content-Security-Policy forbids them). Without `?chunkSize=`, the page's
+chunks follow the link (smaller under a cap).
 
 The page reads `?chunkSize=BYTES` (see static/index.html): small chunks make an upload of a
 few tens of MiB take seconds on loopback, long enough to watch it and to kill the server

@@ -1,4 +1,4 @@
-"""Faults for real (issue 6): crashes, a full disk, slow and stalled clients, SIGTERM under
+"""Faults for real: crashes, a full disk, slow and stalled clients, SIGTERM under
 load, expiry under load, each against a real `formforge serve` process on 127.0.0.1.
 
 CONTRACT.md, tus at /files/:
