@@ -17,12 +17,15 @@ from formforge.core.model import ConcatRole, NewUpload, UploadState
 from formforge.core.store import Digester, Store
 from formforge.stores.file import FileStore
 from tests.seaweed import s3_store_fixture, s3_stores_fixture, seaweed_fixture  # noqa: F401
+from tests.unit.memory_store import MemoryStore
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "s3":  # on a real SeaweedFS; skipped where `weed` is missing
         return request.getfixturevalue("s3_store")  # type: ignore[no-any-return]
+    if request.param == "memory":  # the unit tier's store: held to the same contract
+        return MemoryStore()
     return FileStore(tmp_path / "data", fsync=True)
 
 
