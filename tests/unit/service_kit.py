@@ -133,6 +133,16 @@ async def start(
     return body, await service.start_write(request, body)
 
 
+async def receiving(
+    service: UploadService, data: bytes = b"abc"
+) -> tuple[UploadInfo, BodyStream, asyncio.Task[UploadInfo]]:
+    """An upload of 10 bytes with a write under way that has stored `data` and goes on."""
+    upload = await service.create(10, {})
+    body, writing = await start(service, WriteRequest(upload.id, 0))
+    await feed(body, data)
+    return upload, body, writing
+
+
 async def feed(body: BodyStream, *chunks: bytes) -> None:
     """Hand chunks over one at a time, each taken by the store before the next (backpressure)."""
     for chunk in chunks:

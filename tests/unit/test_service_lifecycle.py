@@ -15,17 +15,15 @@ from formforge.core.events import UploadExpired, UploadFailed, UploadFinished, U
 from formforge.core.hooks import POST_FINISH, POST_TERMINATE
 from formforge.core.model import UploadState
 from formforge.core.service import UploadService
-from formforge.core.write_request import WriteRequest
 from tests.unit.memory_store import MemoryStore
 from tests.unit.service_kit import (
     TTL_SECONDS,
     NewService,
     RecordingBus,
     ScriptedHooks,
-    feed,
+    receiving,
     send,
     settled,
-    start,
 )
 
 HOOKS = frozenset({POST_FINISH, POST_TERMINATE})
@@ -135,9 +133,7 @@ async def test_a_terminated_upload_is_gone_with_410_and_its_hooks_told(
 async def test_terminating_stops_a_write_still_receiving(
     service: UploadService, store: MemoryStore
 ) -> None:
-    upload = await service.create(10, {})
-    body, writing = await start(service, WriteRequest(upload.id, 0))
-    await feed(body, b"abc")
+    upload, body, writing = await receiving(service)
     await service.terminate(upload.id)
     with pytest.raises(UploadError) as error:
         await writing
@@ -206,9 +202,7 @@ async def test_a_tombstone_is_forgotten_one_time_to_live_later(
 async def test_shutdown_stops_writes_keeping_their_bytes_and_refuses_new_ones(
     service: UploadService, store: MemoryStore
 ) -> None:
-    upload = await service.create(10, {})
-    body, writing = await start(service, WriteRequest(upload.id, 0))
-    await feed(body, b"abc")
+    upload, body, writing = await receiving(service)
     await service.shutdown()
     assert writing.done()
     assert body.end is BodyEnd.STOPPED

@@ -15,7 +15,15 @@ from formforge.core.model import UploadState
 from formforge.core.service import UploadService
 from formforge.core.write_request import WriteRequest
 from tests.unit.memory_store import MemoryStore
-from tests.unit.service_kit import LIMITS, NewService, RecordingBus, feed, send, start
+from tests.unit.service_kit import (
+    LIMITS,
+    NewService,
+    RecordingBus,
+    feed,
+    receiving,
+    send,
+    start,
+)
 
 
 async def stored(store: MemoryStore, upload_id: str) -> bytes:
@@ -231,9 +239,7 @@ async def test_a_download_waits_for_the_last_byte(service: UploadService) -> Non
 async def test_a_write_that_takes_over_stops_the_one_receiving_which_keeps_its_bytes(
     service: UploadService, store: MemoryStore
 ) -> None:
-    upload = await service.create(10, {})
-    body, first = await start(service, WriteRequest(upload.id, 0))
-    await feed(body, b"abc")
+    upload, body, first = await receiving(service)
     # A protocol whose clients send anew only once they gave up on the last request.
     newer_body, newer = await start(service, WriteRequest(upload.id, 3, take_over=True))
     await feed(newer_body, b"de")
