@@ -25,10 +25,11 @@ import pytest
 import requests
 import socketio
 from tusclient import client as tus_client
+from tusclient.uploader.uploader import Uploader
 
 from tests.conftest import JS_DIR, clean_environ
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "embedded_app.py"
 START_SECONDS = 30
 
@@ -73,7 +74,8 @@ class ExampleApp:
         raise RuntimeError("the example did not start:\n" + "".join(self.output))
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
 
@@ -119,10 +121,12 @@ def test_the_readme_shows_the_example_whole() -> None:
 def test_the_host_route_and_formforge_routes_share_one_port(example: ExampleApp) -> None:
     assert requests.get(example.host_url + "/", timeout=10).json() == {"hello": "from the host app"}
     options = requests.options(example.url + "/files/", timeout=10)
-    assert options.status_code == 204 and options.headers["Tus-Version"] == "1.0.0"
+    assert options.status_code == 204
+    assert options.headers["Tus-Version"] == "1.0.0"
     assert requests.get(example.url + "/healthz", timeout=10).json() == {"status": "ok"}
     page = requests.get(example.url, timeout=10)  # /uploads -> /uploads/: the page
-    assert page.status_code == 200 and "FormForge" in page.text
+    assert page.status_code == 200
+    assert "FormForge" in page.text
     assert requests.get(example.url + "/static/app.js", timeout=10).status_code == 200
     # Outside the prefix, FormForge answers nothing: the host app's 404.
     assert requests.post(example.host_url + "/files/", timeout=10).status_code == 404
@@ -163,7 +167,8 @@ def test_tuspy_resumes_after_the_app_process_is_killed(example: ExampleApp, tmp_
     first.upload_chunk()
     first.upload_chunk()
     url = first.url
-    assert url is not None and url.startswith(example.url + "/files/")
+    assert url is not None
+    assert url.startswith(example.url + "/files/")
 
     example.kill()  # kill -9: nothing gets to clean up
     example.start()
@@ -198,7 +203,7 @@ def test_a_socketio_client_in_the_room_sees_progress_and_completion(
 
 
 async def watch_while_uploading(
-    example: ExampleApp, upload_id: str, uploader: tus_client.Uploader
+    example: ExampleApp, upload_id: str, uploader: Uploader
 ) -> list[tuple[str, dict[str, object]]]:
     seen: list[tuple[str, dict[str, object]]] = []
     finished = asyncio.Event()
@@ -295,7 +300,7 @@ def test_the_page_under_the_prefix_uploads_in_a_browser(
     example: ExampleApp, tmp_path: Path
 ) -> None:
     """Its links, the Socket.IO path and the REST status URL are all relative to the page."""
-    from tests.test_page import CHROMIUM, CHROMIUM_ARGS, PageUnderTest
+    from tests.system.test_page import CHROMIUM, CHROMIUM_ARGS, PageUnderTest
 
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (Debian package `chromium`; .ci/run installs it)")
