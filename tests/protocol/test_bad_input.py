@@ -406,13 +406,15 @@ def test_binary_metadata_is_kept_byte_for_byte(server: Server, http: requests.Se
     status = http.get(f"{server.url}/api/files/upload/{upload_id}", timeout=HTTP_TIMEOUT).json()
     name = BINARY_NAME.decode("utf-8", "replace")
     assert status["filename"] == name
-    assert status["metadata"]["filename"] == name and status["metadata"]["type"] == "x/y"
+    assert status["metadata"]["filename"] == name
+    assert status["metadata"]["type"] == "x/y"
     assert status["metadataBinary"] == {
         "filename": b64(BINARY_NAME),
         "blob": b64(BLOB),
     }
     got = http.get(url, timeout=HTTP_TIMEOUT)
-    assert got.status_code == 200 and got.content == b"abc"
+    assert got.status_code == 200
+    assert got.content == b"abc"
     assert "filename*=UTF-8''caf%EF%BF%BD%20%EF%BF%BD%00.bin" in got.headers["Content-Disposition"]
 
 

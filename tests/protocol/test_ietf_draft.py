@@ -546,8 +546,10 @@ def test_get_retrieves_the_offset_from_interop_9(draft: Draft) -> None:
     if draft.version < 9:
         assert got.status == 409, got  # the tus download of an unfinished upload
         return
-    assert got.status == 204 and got.body == b"", got
-    assert got.get("Upload-Offset") == "10" and got.get("Upload-Complete") == "?0", got
+    assert got.status == 204, got
+    assert got.body == b"", got
+    assert got.get("Upload-Offset") == "10", got
+    assert got.get("Upload-Complete") == "?0", got
     assert got.get("Cache-Control") == "no-store"
     assert re.search(r"max-size=\d+, max-age=\d+", got.get("Upload-Limit") or ""), got
     draft.append(path, 10, b"", complete=True)

@@ -1,8 +1,8 @@
 """Operating the server: request ids and the log formats, against real server processes.
 
-issue 16: "`server.log_format: json` (one JSON object per line: time, level, event, upload
-id, request id where there is one) beside today's text, and a request id per HTTP request
-(taken from `X-Request-ID` when a proxy sends one) in logs and in hook payloads." The id a
+`server.log_format: json` writes one JSON object per line (time, level, event, upload id,
+request id where there is one) beside the text format, and each HTTP request has a request id
+(taken from `X-Request-ID` when a proxy sends one) in logs and in hook payloads. The id a
 client sends is kept only when it is short visible ASCII; otherwise the server makes one.
 Every answer echoes the id in `X-Request-ID`.
 """
@@ -132,16 +132,19 @@ def test_json_log_lines(start_server: Callable[..., Any], tmp_path: Path) -> Non
     for record in records:
         assert {"time", "level", "logger", "event"} <= record.keys(), record
         moment = datetime.fromisoformat(record["time"])
-        assert record["time"].endswith("Z") and moment.utcoffset() == timedelta(0), record
+        assert record["time"].endswith("Z"), record
+        assert moment.utcoffset() == timedelta(0), record
     [created] = about(lines, "json-req-1")
     assert (created["event"], created["level"]) == ("created", "info")
-    assert created["logger"].startswith("formforge.") and created["logger"].endswith(".service")
+    assert created["logger"].startswith("formforge.")
+    assert created["logger"].endswith(".service")
     assert (created["upload_id"], created["size"]) == (upload_id, "5")
     [conflict] = about(lines, "json-req-2")
     assert conflict["upload_id"] == upload_id
     assert conflict["event"].startswith(f"PATCH /files/{upload_id} -> 409 offset-mismatch")
     started = [record for record in records if record["event"] == "listening"]
-    assert started and "request_id" not in started[0]
+    assert started
+    assert "request_id" not in started[0]
 
 
 def test_log_messages_split_into_event_and_fields() -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import test_page
-from tests.test_page import (
+from tests.system import test_page
+from tests.system.test_page import (
     FINISH_TIMEOUT,
     STEP_TIMEOUT,
     KiB,
@@ -83,7 +83,8 @@ def test_without_a_token_the_page_loads_and_asks_for_one(
 
     assert ui.answer.status == 200
     files = {url: status for url, status in statuses.items() if "/static/" in url}
-    assert files and all(status == 200 for status in files.values()), files
+    assert files, files
+    assert all(status == 200 for status in files.values()), files
     message = ui.access_problem("missing")
     assert "needs an access token" in message
     assert ui.page.get_by_label("Access token").is_visible()
@@ -162,4 +163,5 @@ def test_a_token_in_the_fragment_lasts_for_the_tabs_session(
     other = PageBehindAuth(browser, server.url + "/")
     other.access_problem("missing")
     assert other.page.evaluate(SESSION_KEY_JS) is None
-    assert ui.problems == [] and other.problems == []
+    assert ui.problems == []
+    assert other.problems == []
