@@ -1,6 +1,6 @@
 """What only one locker has, beside the contract every locker keeps
-(tests/test_locker_contract.py): the Redis locker's leases, the file locker's sockets.
-Dead processes and the leftovers they sweep: tests/test_locks_cross_process.py."""
+(test_locker_contract.py beside it): the Redis locker's leases, the file locker's sockets.
+Dead processes and the leftovers they sweep: test_locks_cross_process.py."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """A request body as an async iterator: backpressure, a cut connection, a stalled client.
 
 How a body is stopped when another request takes its upload over is the locker contract's
-(tests/test_locker_contract.py).
+(tests/contract/test_locker_contract.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -21,7 +22,8 @@ def body(aborted: list[BodyEnd] | None = None, idle_timeout: float = 60.0) -> Bo
 async def test_feed_pushes_back_until_the_consumer_takes_the_chunk() -> None:
     stream = body()
     waiter = stream.feed(b"one")
-    assert waiter is not None and not waiter.done()
+    assert isinstance(waiter, asyncio.Future)
+    assert not waiter.done()
     iterator = aiter(stream)
     assert await anext(iterator) == b"one"
     assert waiter.done()

@@ -17,7 +17,7 @@ import pytest
 
 from formforge.core.events import Event, EventBus, UploadFinished
 from formforge.core.ids import is_valid_upload_id, new_upload_id
-from formforge.core.locker import Locker
+from formforge.core.locker import BRIEF, Locker
 from formforge.core.model import NewUpload, UploadState
 from formforge.core.processing import Processor, claim_name
 from formforge.hooks.runner import HookRunner
@@ -122,7 +122,7 @@ async def test_a_delete_is_not_held_up_by_processing(tmp_path: Path) -> None:
     upload_id = await interrupted_upload(node)
     assert await node.processor.resume() == 1
     started = asyncio.get_running_loop().time()
-    lock = await locker.acquire(upload_id, lambda force: False, force=True)
+    lock = await locker.acquire(upload_id, BRIEF, force=True)  # what a DELETE holds
     assert asyncio.get_running_loop().time() - started < 0.25  # not after the hashing
     await node.store.terminate(upload_id, UploadState.TERMINATED)
     await lock.release()
