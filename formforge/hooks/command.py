@@ -54,7 +54,9 @@ async def _exchange(
 ) -> tuple[bytes, str]:
     """Write standard input while reading both outputs (a command may write before it
     reads); returns standard output and the last line of standard error."""
-    assert process.stdin and process.stdout and process.stderr
+    assert process.stdin
+    assert process.stdout
+    assert process.stderr
     errors = asyncio.create_task(_read_errors(process.stderr, report))
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it need not read it
         process.stdin.write(data)

@@ -238,7 +238,9 @@ async def test_a_digesting_store_hashes_the_bytes_it_holds(store: Store) -> None
 
     assert await store.sha256(upload_id, len(body), progress) == hashlib.sha256(body).hexdigest()
     await asyncio.sleep(0)  # the last report was scheduled just before the hash returned
-    assert len(hashed) >= 4 and hashed == sorted(hashed) and hashed[-1] == len(body), hashed
+    assert len(hashed) >= 4, hashed
+    assert hashed == sorted(hashed), hashed
+    assert hashed[-1] == len(body), hashed
     assert all(on_loop)
 
 

@@ -29,8 +29,16 @@ import yaml
 
 from tests.async_helpers import off_loop
 from tests.hook_reporters import BURST, ENDS, HttpEnd, PythonEnd, ReporterEnd
+from tests.protocol.test_realtime import (
+    HTTP,
+    RestUploader,
+    TusUploader,
+    Watcher,
+    pieces,
+    run,
+    watching,
+)
 from tests.schemas import validate_event, validate_rest
-from tests.test_realtime import HTTP, RestUploader, TusUploader, Watcher, pieces, run, watching
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +94,8 @@ def check_the_room(watcher: Watcher, size: int) -> None:
     assert "processing" in stages, stages
     first = stages.index("processing")
     assert "uploading" not in stages[first:], f"uploading after processing: {stages}"
-    assert stages[-1] == "uploadComplete" and stages.count("uploadComplete") == 1, stages
+    assert stages[-1] == "uploadComplete", stages
+    assert stages.count("uploadComplete") == 1, stages
     for event in stage(watcher, "processing"):
         assert (event["offset"], event["size"], event["percent"]) == (size, size, 100), event
         assert event["processing"] is not None
@@ -119,7 +128,8 @@ def test_a_room_hears_uploading_then_the_hashs_progress_then_complete(
         assert processing[0] == {"percent": 0, "message": "hashing"}, "the start, at once"
         assert {step["message"] for step in processing} == {"hashing"}
         percents = [step["percent"] for step in processing]
-        assert percents == sorted(percents) and percents[-1] == 100, percents
+        assert percents == sorted(percents), percents
+        assert percents[-1] == 100, percents
         assert len([p for p in percents if 0 < p < 100]) >= 8, percents
         assert complete["sha256"] == hashlib.sha256(source).hexdigest()
 

@@ -1,8 +1,8 @@
 """The uploader page shows the processing stage in each row, in Debian's chromium.
 
-issue 16: "The page shows the processing stage in each row." A real post-finish Python hook
-(tests/hook_reporters.py) reports (25, "indexing") and waits; the row must say so, then
-finish once the hook is let go. Every wait has a deadline; the browser stays on 127.0.0.1.
+A real post-finish Python hook (tests/hook_reporters.py) reports (25, "indexing") and waits;
+the row must say so, then finish once the hook is let go. Every wait has a deadline; the
+browser stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.hook_reporters import PythonEnd
-from tests.test_page import (  # noqa: F401 -- `browser` is the fixture
+from tests.system.test_page import (  # noqa: F401 -- `browser` is the fixture
     STEP_TIMEOUT,
     PageUnderTest,
     browser,
@@ -34,8 +34,8 @@ FIGURES_JS = """(name) => {
 
 def test_a_row_shows_the_processing_stage_and_what_the_hook_reports(
     start_server: Callable[..., Any],
-    browser: Any,
-    tmp_path: Path,  # noqa: F811
+    browser: Any,  # noqa: F811 -- the fixture imported from test_page
+    tmp_path: Path,
 ) -> None:
     end = PythonEnd(tmp_path)
     config = tmp_path / "formforge.yaml"
