@@ -4,15 +4,15 @@ hooks whose answers a test sets, and a request body fed by hand."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from formforge.core.body import BodyStream
 from formforge.core.checksum import Checksum
 from formforge.core.errors import UploadError
 from formforge.core.events import Event, EventBus, UploadProgress
-from formforge.core.hooks import POST_FINISH, HookFailed, Hooks, RequestInfo
+from formforge.core.hooks import POST_FINISH, HookFailed, Hooks, ProgressOpener, RequestInfo
 from formforge.core.limits import Limits
 from formforge.core.model import UploadInfo
 from formforge.core.service import UploadService
@@ -31,7 +31,12 @@ LIMITS = Limits(
     # Only the flush at the end of each request, unless a test asks for more.
     progress_interval_seconds=TTL_SECONDS,
 )
-NewService = Callable[..., UploadService]  # the unit tier's `new_service` fixture
+
+
+class NewService(Protocol):
+    """The unit tier's `new_service` fixture: a service over the test's store and bus."""
+
+    def __call__(self, hooks: Hooks | None = None, **limits: Any) -> UploadService: ...
 
 
 def make_service(
@@ -100,7 +105,11 @@ class ScriptedHooks:
         return dict(self.replace_metadata) if self.replace_metadata is not None else metadata
 
     async def run_all(
-        self, point: str, info: UploadInfo, request: RequestInfo | None = None
+        self,
+        point: str,
+        info: UploadInfo,
+        request: RequestInfo | None = None,
+        progress: ProgressOpener | None = None,
     ) -> None:
         self.calls.append((point, info.id))
         self._ran.setdefault(point, asyncio.Event()).set()
