@@ -56,6 +56,7 @@ from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 from tusclient.uploader.uploader import Uploader
 
+from formforge.stores.records import load_record_file
 from tests.system.test_interruptions import (
     Response,
     call,
@@ -869,7 +870,7 @@ def stored_uploads(data_dir: Path) -> Iterator[tuple[str, dict[str, Any], int | 
     """(id, info record, size of <id>.bin or None) for every <id>.info."""
     for info in sorted(data_dir.glob("*.info")):
         try:
-            record = json.loads(info.read_bytes())
+            record = load_record_file(info.read_bytes())
         except (OSError, ValueError):
             continue  # replaced or forgotten under us
         data = info.with_suffix(".bin")

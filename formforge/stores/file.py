@@ -1,4 +1,4 @@
-"""Local-disk store: `<id>.bin` holds the bytes, `<id>.info` (JSON, replaced atomically) the rest.
+"""Local-disk store: `<id>.bin` holds the bytes, `<id>.info` (JSON lines, `info_file`) the rest.
 
 The offset of an upload *is* the size of its `.bin` file: there is no second copy of it to
 fall out of step after a crash. A provisional (checksummed) write first records where it
@@ -14,7 +14,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,14 +26,13 @@ from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.ids import is_valid_upload_id
 from formforge.core.model import NewUpload, UploadInfo, UploadState
 from formforge.core.store import Store
+from formforge.stores import info_file
 from formforge.stores.digest import sha256_of_file
 from formforge.stores.records import (
     Record,
     apply_changes,
     check_changes,
-    dump_record,
     info_from_record,
-    load_record,
     new_record,
 )
 from formforge.stores.writeback import start_writeback
@@ -92,6 +90,11 @@ class FileStore(Store):
                 continue
             if entry.name.endswith((".tmp", ".concat")):
                 os.unlink(entry.path)  # an atomic write or a concatenation cut by a crash
+            elif entry.name.endswith(".info") and entry.stat().st_size == 0:
+                # A creation killed before its record was written: never answered.
+                for suffix in (".bin", ".info"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path.removesuffix(".info") + suffix)
             elif entry.name.endswith(".pending"):
                 upload_id = entry.name.removesuffix(".pending")
                 start = int(Path(entry.path).read_text() or "0")
@@ -105,36 +108,54 @@ class FileStore(Store):
             return await self._on_disk(self._create_sync, new)
 
     def _create_sync(self, new: NewUpload) -> UploadInfo:
-        self.root.mkdir(parents=True, exist_ok=True)
         # Data first, info second: the info file is what makes an upload exist, so a crash
         # in between leaves only an empty orphan for the sweeper.
-        with open(self.data_path(new.id), "xb") as data:
-            self._sync_file(data.fileno())
+        self._create_data(new.id)
+        record = new_record(new)
         try:
-            self._write_info_sync(new.id, new_record(new))
+            mtime = info_file.create(self._path(new.id, ".info"), record, durable=self.fsync)
         except OSError:  # a full disk, say: leave nothing half-created behind
-            leftovers = [self.data_path(new.id), *map(str, self.root.glob(f"{new.id}.info.*.tmp"))]
+            leftovers = [self.data_path(new.id), *map(str, self.root.glob(f"{new.id}.info*"))]
             for leftover in leftovers:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
             raise
-        return self._info_sync(new.id)
+        return info_from_record(new.id, record, 0, mtime)
+
+    def _create_data(self, upload_id: str) -> None:
+        path = self.data_path(upload_id)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # the directory was removed under a running server
+            os.makedirs(self._root, exist_ok=True)
+            fd = os.open(path, flags, 0o644)
+        try:
+            self._sync_file(fd)
+        finally:
+            os.close(fd)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         return self._info_sync(upload_id)  # two stats and two small reads: no thread needed
 
     def _info_sync(self, upload_id: str) -> UploadInfo:
+        stored = self._stored(upload_id)
+        return self._info_of(upload_id, stored.record, stored.mtime)
+
+    def _stored(self, upload_id: str) -> info_file.Stored:
+        try:
+            return info_file.read(self._path(upload_id, ".info"))
+        except (FileNotFoundError, ValueError):  # absent, or its creation was cut short
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
+
+    def _info_of(self, upload_id: str, record: Record, info_mtime: float) -> UploadInfo:
+        """The info of a record just read or written: the offset is measured now."""
         base = self._path(upload_id, "")
         try:
-            info_stat = os.stat(f"{base}.info")
-            record = load_record(_read_small(f"{base}.info"))
-        except FileNotFoundError:
-            raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
-        try:
             data_stat = os.stat(f"{base}.bin")
-            offset, mtime = data_stat.st_size, max(data_stat.st_mtime, info_stat.st_mtime)
+            offset, mtime = data_stat.st_size, max(data_stat.st_mtime, info_mtime)
         except FileNotFoundError:  # a tombstone: the bytes are gone
-            offset, mtime = 0, info_stat.st_mtime
+            offset, mtime = 0, info_mtime
         return info_from_record(upload_id, record, self._accepted(base, offset), mtime)
 
     def _accepted(self, base: str, size: int) -> int:
@@ -209,14 +230,21 @@ class FileStore(Store):
     async def update(self, upload_id: str, **changes: object) -> UploadInfo:
         check_changes(changes)
         with disk_errors():
-            return await asyncio.to_thread(self._update_sync, upload_id, changes)
+            return await self._on_disk(self._update_sync, upload_id, changes)
 
     def _update_sync(self, upload_id: str, changes: dict[str, object]) -> UploadInfo:
+        path = self._path(upload_id, ".info")
         with self._records:
-            record = load_record(_read_small(self._path(upload_id, ".info")))
-            apply_changes(record, changes)
-            self._write_info_sync(upload_id, record)
-        return self._info_sync(upload_id)
+            stored = self._stored(upload_id)
+            apply_changes(stored.record, changes)
+            mtime = self._append(path, stored, changes)
+        return self._info_of(upload_id, stored.record, mtime)
+
+    def _append(self, path: str, stored: info_file.Stored, changes: dict[str, object]) -> float:
+        try:
+            return info_file.append(path, stored, changes, durable=self.fsync)
+        except FileNotFoundError:  # forgotten since it was read
+            raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
 
     async def list_ids(self) -> AsyncIterator[str]:
         names = await asyncio.to_thread(os.listdir, self.root)
@@ -232,20 +260,21 @@ class FileStore(Store):
 
     async def terminate(self, upload_id: str, state: UploadState) -> None:
         with disk_errors():
-            await asyncio.to_thread(self._terminate_sync, upload_id, state)
+            await self._on_disk(self._terminate_sync, upload_id, state)
 
     def _terminate_sync(self, upload_id: str, state: UploadState) -> None:
         with self._records:
             self._tombstone_sync(upload_id, state)
 
     def _tombstone_sync(self, upload_id: str, state: UploadState) -> None:
-        record = load_record(_read_small(self._path(upload_id, ".info")))
-        record["state"] = str(state)
+        stored = self._stored(upload_id)
+        changes: dict[str, object] = {"state": state}
+        stored.record["state"] = str(state)
         # Free the space before writing the tombstone: on a full disk, removing uploads is
         # the way out, so it must not need room itself.
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.data_path(upload_id), 0)
-        self._write_info_sync(upload_id, record)
+        self._append(self._path(upload_id, ".info"), stored, changes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.data_path(upload_id))
 
@@ -266,7 +295,7 @@ class FileStore(Store):
                     _copy_range(source.fileno(), out.fileno(), part.offset)
             self._sync_file(out.fileno())
         os.replace(scratch, self.data_path(new.id))
-        self._write_info_sync(new.id, new_record(new))
+        info_file.create(self._path(new.id, ".info"), new_record(new), durable=self.fsync)
         return self._info_sync(new.id)
 
     async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -287,22 +316,8 @@ class FileStore(Store):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _write_info_sync(self, upload_id: str, record: Record) -> None:
-        self._write_atomic(self._path(upload_id, ".info"), dump_record(record))
-
     def _write_atomic(self, path: str, payload: bytes) -> None:
-        # A name of its own per write: two threads replacing one file never share a tmp.
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(payload)
-            self._sync_file(out.fileno())
-        os.replace(tmp, path)
-        if self.fsync:  # the rename itself must survive a power cut
-            dir_fd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        info_file.replace(path, payload, durable=self.fsync)
 
     def _sync_file(self, fd: int) -> None:
         if self.fsync:
@@ -328,10 +343,7 @@ def _read_small(path: str) -> bytes:
     """A whole small file, without the buffered file object `open` would build."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts = []
-        while part := os.read(fd, 65536):
-            parts.append(part)
-        return b"".join(parts)
+        return info_file.read_all(fd)
     finally:
         os.close(fd)
 

@@ -58,6 +58,7 @@ import socketio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from formforge.stores.records import load_record_file
 from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -1012,7 +1013,7 @@ def test_delete_racing_the_processing_is_clean(
             assert head(http, url).status_code in (404, 410), url
             info = server.data_dir / f"{upload_id(url)}.info"
             if info.exists():
-                assert json.loads(info.read_bytes())["state"] == "terminated", url
+                assert load_record_file(info.read_bytes())["state"] == "terminated", url
     finally:
         forget_known_tracebacks(server, logged)
 
