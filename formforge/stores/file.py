@@ -161,7 +161,7 @@ class FileStore(Store):
     def _accepted(self, base: str, size: int) -> int:
         """Bytes of a provisional write are not the upload's until their checksum is checked."""
         try:
-            return min(size, int(_read_small(f"{base}.pending") or b"0"))
+            return min(size, int(info_file.read_small(f"{base}.pending") or b"0"))
         except (FileNotFoundError, ValueError):
             return size
 
@@ -337,15 +337,6 @@ def disk_errors() -> Iterator[None]:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UploadError(ErrorKind.INSUFFICIENT_STORAGE, "the server's disk is full") from None
         raise
-
-
-def _read_small(path: str) -> bytes:
-    """A whole small file, without the buffered file object `open` would build."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return info_file.read_all(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_chunk(fd: int, chunk: bytes, position: int, durable: bool) -> None:

@@ -50,6 +50,15 @@ def read(path: str) -> Stored:
     return Stored(load_record_file(raw), stat.st_mtime, raw.count(b"\n"))
 
 
+def read_small(path: str) -> bytes:
+    """A whole small file, without the buffered file object `open` would build."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return read_all(fd)
+    finally:
+        os.close(fd)
+
+
 def read_all(fd: int, size_hint: int = 0) -> bytes:
     """Everything from `fd`'s position on, in one read when `size_hint` is right."""
     parts = [os.read(fd, max(size_hint, 4096))]
