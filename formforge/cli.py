@@ -23,6 +23,7 @@ from formforge.config import ConfigError, Settings, load_settings
 from formforge.core.checksum import HASHERS
 from formforge.logs import configure_logging
 from formforge.runtime.event_loop import loop_factory
+from formforge.runtime.imports import import_socketio_for_a_server
 from formforge.runtime.memory import tune_allocator, tune_collector
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging(settings.server.log_format)
     tune_allocator()  # before the first big buffer; forked workers inherit it
+    import_socketio_for_a_server(redis=settings.cluster.redis_url is not None)
     if args.workers > 1:
         return _supervise(settings, args.workers)
     return _run_loop(settings, run_server(settings, _load_server_class()))

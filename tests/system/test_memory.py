@@ -66,6 +66,23 @@ def test_a_local_disk_server_does_not_load_the_s3_client() -> None:
     assert done.stdout.strip() == "[]"
 
 
+SOCKETIO_PROBE = """
+import sys
+from formforge.runtime.imports import import_socketio_for_a_server
+import_socketio_for_a_server(redis={redis})
+from formforge import app, server
+import aiohttp  # what the S3 store's aiobotocore needs still imports
+print(sorted(m for m in ("requests", "websocket", "redis") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(("redis", "loaded"), [(False, "[]"), (True, "['redis']")])
+def test_a_server_leaves_out_the_socketio_client_libraries(redis: bool, loaded: str) -> None:
+    # With the extras installed they were ~22 MiB of an idle server's 69 (docs/benchmarks.md).
+    probe = SOCKETIO_PROBE.format(redis=redis)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == loaded
+
 RELEASE_PROBE = textwrap.dedent(
     """
     from pathlib import Path
