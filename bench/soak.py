@@ -4,7 +4,9 @@ Each upload is tus creation + one PATCH + DELETE, on `--connections` kept-alive 
 at once. FormForge (this tree) and a baseline run side by side, both started fresh with
 fsync off, in alternating blocks of `--block` uploads so that the machine's noise falls on
 both alike. After each block: the server's RSS and its CPU per upload in that block (from
-/proc, children included). Bounded: `--uploads` per server, then both are stopped.
+/proc, children included), and the RSS again after `--settle` quiet seconds (FormForge
+hands its free heap back after one idle second): what a block left behind. Bounded:
+`--uploads` per server, then both are stopped.
 
     python bench/soak.py [--uploads 30000] [--block 10000] [--connections 10] [--size 65536]
         [--baseline-rev HEAD~1 | --baseline-cmd "uvicorn app:app --port {port}" | --no-baseline]
@@ -163,11 +165,11 @@ async def lives(port: int, count: int, connections: int, body: bytes) -> None:
     await asyncio.gather(*(connection(share) for share in shares if share))
 
 
-def run_block(server: Server, count: int, connections: int, body: bytes) -> dict[str, float]:
-    pid = server.proc.pid
+def run_block(server: Server, args: argparse.Namespace, body: bytes) -> dict[str, float]:
+    pid, count = server.proc.pid, min(args.block, args.uploads - server.done)
     cpu = cpu_seconds(pid)
     started = time.monotonic()
-    asyncio.run(lives(server.port, count, connections, body))
+    asyncio.run(lives(server.port, count, args.connections, body))
     server.done += count
     row = {
         "uploads": server.done,
@@ -175,6 +177,8 @@ def run_block(server: Server, count: int, connections: int, body: bytes) -> dict
         "cpu_ms_per_upload": round((cpu_seconds(pid) - cpu) * 1000 / count, 3),
         "seconds": round(time.monotonic() - started, 1),
     }
+    time.sleep(args.settle)
+    row["settled_rss_mib"] = round(rss_mib(pid), 1)
     server.rows.append(row)
     return row
 
@@ -185,11 +189,11 @@ def soak(servers: list[Server], args: argparse.Namespace) -> None:
         time.sleep(1.0)
         server.rows.append({"uploads": 0, "rss_mib": round(rss_mib(server.proc.pid), 1)})
     while servers[0].done < args.uploads:
-        count = min(args.block, args.uploads - servers[0].done)
         for server in servers:
-            row = run_block(server, count, args.connections, body)
+            row = run_block(server, args, body)
             print(
-                f"{server.name:10s} {row['uploads']:7.0f} uploads: RSS {row['rss_mib']:6.1f} MiB, "
+                f"{server.name:10s} {row['uploads']:7.0f} uploads: RSS {row['rss_mib']:6.1f} MiB "
+                f"({row['settled_rss_mib']:.1f} settled), "
                 f"{row['cpu_ms_per_upload']:.3f} ms CPU per upload ({row['seconds']:.0f} s)",
                 file=sys.stderr,
                 flush=True,
@@ -199,12 +203,16 @@ def soak(servers: list[Server], args: argparse.Namespace) -> None:
 def summary(server: Server, block: int) -> dict[str, object]:
     rows = server.rows
     cpu = sorted(row["cpu_ms_per_upload"] for row in rows[1:])
-    growth = (rows[-1]["rss_mib"] - rows[1]["rss_mib"]) / max(len(rows) - 2, 1)
+    blocks = max(len(rows) - 2, 1)
     return {
         "server": server.name,
         "idle_rss_mib": rows[0]["rss_mib"],
         "rss_mib_per_block": [row["rss_mib"] for row in rows[1:]],
-        "rss_growth_mib_per_block_after_the_first": round(growth, 2),
+        "settled_rss_mib_per_block": [row["settled_rss_mib"] for row in rows[1:]],
+        "rss_growth_mib_per_block_after_the_first": {
+            key: round((rows[-1][key] - rows[1][key]) / blocks, 2)
+            for key in ("rss_mib", "settled_rss_mib")
+        },
         "cpu_ms_per_upload_per_block": [row["cpu_ms_per_upload"] for row in rows[1:]],
         "cpu_ms_per_upload_median": cpu[len(cpu) // 2] if cpu else None,
         "block": block,
@@ -217,6 +225,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--size", type=int, default=64 * 1024, help="bytes per upload")
+    parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds after a block")
     baseline = parser.add_mutually_exclusive_group()
     baseline.add_argument("--baseline-rev", help="FormForge at this git revision")
     baseline.add_argument("--baseline-cmd", help="any tus server; {port} and {dir} filled in")
