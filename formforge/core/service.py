@@ -67,7 +67,6 @@ class UploadService:
         self.store = store
         # Detected once: an isinstance on a runtime-checkable protocol costs ~10 us here.
         self._terminator = store if isinstance(store, Terminator) else None
-        self._concatenates = isinstance(store, Concatenator)
         self.locker = locker
         self.bus = bus
         self.limits = limits
@@ -92,7 +91,7 @@ class UploadService:
 
     @property
     def can_concatenate(self) -> bool:
-        return self._concatenates
+        return isinstance(self.store, Concatenator)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -334,8 +333,7 @@ class UploadService:
     # -- terminating and expiring ----------------------------------------------------------
 
     async def terminate(self, upload_id: str, request: RequestInfo | None = None) -> None:
-        terminator = self._terminator
-        if terminator is None:
+        if (terminator := self._terminator) is None:
             raise UploadError(ErrorKind.BAD_REQUEST, "this store cannot terminate uploads")
         await self.get(upload_id)  # unknown or gone: 404 or 410 without taking the lock
         lock = await self.locker.acquire(upload_id, BRIEF, force=True)

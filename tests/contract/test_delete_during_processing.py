@@ -38,6 +38,7 @@ from formforge.core.service import UploadService
 from formforge.core.store import Store
 from formforge.locks.file import FileLocker
 from formforge.locks.redis import RedisLocker
+from formforge.stores import info_file
 from formforge.stores.file import FileStore
 from formforge.stores.records import Record
 from formforge.stores.s3.store import S3Store
@@ -74,16 +75,18 @@ class Pause:
 
 class PausingFileStore(FileStore):
     def __init__(self, root: Path) -> None:
-        super().__init__(root, fsync=False)
+        # fsync on: record changes run in worker threads (with it off they run on the event
+        # loop, which a pause would stop for both nodes).
+        super().__init__(root, fsync=True)
         self.pause = Pause()
 
     def _tombstone_sync(self, upload_id: str, state: UploadState) -> None:
         self.pause.before_writing({"state": str(state)})  # a termination's record
         super()._tombstone_sync(upload_id, state)
 
-    def _write_info_sync(self, upload_id: str, record: Record) -> None:
-        self.pause.before_writing(record)  # in a worker thread: the event loop runs on
-        super()._write_info_sync(upload_id, record)
+    def _append(self, path: str, stored: info_file.Stored, changes: dict[str, object]) -> float:
+        self.pause.before_writing(stored.record)  # in a worker thread: the event loop runs on
+        return super()._append(path, stored, changes)
 
 
 class PausingS3Store(S3Store):
