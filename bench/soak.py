@@ -9,7 +9,8 @@ hands its free heap back after one idle second): what a block left behind. Bound
 `--uploads` per server, then both are stopped.
 
     python bench/soak.py [--uploads 30000] [--block 10000] [--connections 10] [--size 65536]
-        [--baseline-rev HEAD~1 | --baseline-cmd "uvicorn app:app --port {port}" | --no-baseline]
+        [--event-loop auto] [--baseline-rev HEAD~1 | --baseline-cmd "CMD {port} {dir}"
+        | --no-baseline]
 
 `--baseline-rev` runs FormForge at that git revision (a temporary worktree, this venv);
 `--baseline-cmd` any tus server at `/files/` (`{port}` and `{dir}` are filled in).
@@ -87,9 +88,9 @@ def start(name: str, command: list[str], work: Path, env: dict[str, str] | None 
     return Server(name, proc, port)
 
 
-def formforge_command(work: Path) -> list[str]:
+def formforge_command(work: Path, event_loop: str) -> list[str]:
     config = work / "nofsync.yaml"
-    config.write_text("storage:\n  fsync: false\n")
+    config.write_text(f"storage:\n  fsync: false\nserver:\n  event_loop: {event_loop}\n")
     return [
         *(sys.executable, "-m", "formforge", "serve", "--port", "{port}"),
         *("--data-dir", "{dir}/files", "--config", str(config)),
@@ -225,6 +226,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--size", type=int, default=64 * 1024, help="bytes per upload")
+    parser.add_argument("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
     parser.add_argument("--settle", type=float, default=2.0, help="quiet seconds after a block")
     baseline = parser.add_mutually_exclusive_group()
     baseline.add_argument("--baseline-rev", help="FormForge at this git revision")
@@ -233,11 +235,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        servers = [start("formforge", formforge_command(work), work)]
+        command = formforge_command(work, args.event_loop)
+        servers = [start("formforge", command, work)]
         if args.baseline_rev:
             tree = stack.enter_context(worktree(args.baseline_rev))
             env = dict(os.environ, PYTHONPATH=str(tree))
-            servers.append(start(f"ff@{args.baseline_rev}", formforge_command(work), work, env))
+            servers.append(start(f"ff@{args.baseline_rev}", command, work, env))
         elif args.baseline_cmd:
             servers.append(start("baseline", shlex.split(args.baseline_cmd), work))
         try:
