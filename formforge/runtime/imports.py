@@ -2,8 +2,8 @@
 
 python-socketio's package imports all its classes at once, and with them, where they are
 installed, the libraries of its clients (aiohttp, requests, websocket-client) and of its
-Redis manager: in a venv with FormForge's extras an idle `formforge serve` was 69 MiB, 47
-without them (docs/benchmarks.md). Each of those imports is optional in python-socketio (a
+Redis manager: in a venv with FormForge's extras an idle `formforge serve` was 67.6 MiB,
+47.4 without them (docs/benchmarks.md). Each of those imports is optional in python-socketio (a
 missing library only disables the class that needs it), so a server that runs none of those
 classes imports python-socketio with them marked missing, then unmarks them: anything else
 that needs one later (the S3 store's aiobotocore needs aiohttp) imports it as usual.

@@ -78,7 +78,7 @@ print(sorted(m for m in ("requests", "websocket", "redis") if m in sys.modules))
 
 @pytest.mark.parametrize(("redis", "loaded"), [(False, "[]"), (True, "['redis']")])
 def test_a_server_leaves_out_the_socketio_client_libraries(redis: bool, loaded: str) -> None:
-    # With the extras installed they were ~22 MiB of an idle server's 69 (docs/benchmarks.md).
+    # With the extras installed they were ~20 MiB of an idle server's 68 (docs/benchmarks.md).
     probe = SOCKETIO_PROBE.format(redis=redis)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == loaded
