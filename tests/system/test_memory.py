@@ -83,6 +83,7 @@ def test_a_server_leaves_out_the_socketio_client_libraries(redis: bool, loaded: 
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == loaded
 
+
 RELEASE_PROBE = textwrap.dedent(
     """
     from pathlib import Path
