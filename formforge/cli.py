@@ -181,6 +181,9 @@ def _install_signal_handlers(
     loop = asyncio.get_running_loop()
     for signum in signals:
         loop.add_signal_handler(signum, handler, signum, stop_requested)
+    # A worker is forked with these blocked (runtime/workers.py): one that came meanwhile is
+    # delivered now, to the handler, instead of being lost or killing it half-started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def _on_worker_signal(signum: int, stop_requested: asyncio.Event) -> None:

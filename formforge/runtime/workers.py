@@ -49,12 +49,18 @@ def supervise(
 
     def spawn(index: int) -> None:
         role = Role(workers=workers, leader=index == 0, recover_store=False)
+        # Blocked across the fork: a SIGTERM then would run the supervisor's handler inside
+        # the new worker (which then never stops), or reach the supervisor before it knows
+        # the worker's pid. The worker unblocks them once its loop handles SIGTERM.
+        relayed = {signal.SIGTERM, signal.SIGINT}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
         pid = os.fork()
         if pid == 0:  # the worker: not the supervisor's handlers, and SIGINT is its to relay
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             os._exit(run_worker(Server(settings, sockets, role)))
         children[pid] = index
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     # Handlers first: a stop that comes while workers start must still reach every one.
     signal.signal(signal.SIGTERM, stop)

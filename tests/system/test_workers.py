@@ -137,6 +137,16 @@ def test_sigterm_stops_every_worker_with_exit_0(start_server: Any) -> None:
         )
 
 
+def test_sigterm_as_workers_start_still_stops_them_all(start_server: Any, tmp_path: Path) -> None:
+    """SIGTERM right after the URL line, while the workers are still being forked and
+    starting: every round exits 0 at once. (A signal that reached a worker between its fork
+    and its own handler used to run the supervisor's handler there, and that worker never
+    stopped; the window is small, so the test makes many rounds.)"""
+    for attempt in range(12):
+        server = start_server(args=["--workers", "2"], data_dir=tmp_path / f"data{attempt}")
+        assert server.terminate() == 0, f"round {attempt}\n{server.log_tail()}"
+
+
 def test_a_dead_worker_is_replaced(start_server: Any) -> None:
     server = start_server(args=["--workers", "2"])
     victim = min(worker_pids(server))
