@@ -18,7 +18,7 @@ What this changes, and how each stays right:
   kernel (`unread`), so it keeps every byte that reached the server, as before.
 
 Tornado reads into a fresh buffer of `read_chunk_size` bytes per read, zeroed (1 MiB here:
-`server.CHUNK_SIZE`); py-spy put 34 % of the slow-client samples on that one line. A slow
+`app.CHUNK_SIZE`); py-spy put 34 % of the slow-client samples on that one line. A slow
 connection's reads are at most a mark's worth, so its buffer follows what it delivers.
 """
 
