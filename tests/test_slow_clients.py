@@ -223,6 +223,10 @@ def test_bytes_trickling_in_below_the_mark_are_not_cut_by_the_idle_timeout(
         response = read_response(sock, deadline=30.0)
     finally:
         sock.close()
+    assert_stored_whole(response, url, source)
+
+
+def assert_stored_whole(response: Any, url: str, source: bytes) -> None:
     assert (response.status, response.headers.get("upload-offset")) == (204, str(len(source)))
     assert download_sha256(url) == sha256(source)
 
@@ -249,8 +253,7 @@ def test_a_stalled_holder_is_taken_over_and_keeps_the_bytes_that_waited_in_the_k
         assert offset == 33 * KiB, f"resumed at {offset}: bytes that reached the server lost"
     finally:
         holder.close()
-    assert (first.status, first.headers.get("upload-offset")) == (204, str(len(source)))
-    assert download_sha256(url) == sha256(source)
+    assert_stored_whole(first, url, source)
 
 
 def test_the_last_bytes_of_a_body_are_read_and_the_next_request_at_once(
