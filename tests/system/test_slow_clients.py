@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.test_interruptions import (
+from tests.protocol.test_realtime import send_slowly, watching
+from tests.system.test_interruptions import (
     create,
     download_sha256,
     offset_of,
@@ -37,8 +38,7 @@ from tests.test_interruptions import (
     sha256,
     wait_for_offset,
 )
-from tests.test_realtime import send_slowly, watching
-from tests.test_reliability import config, ensure_file_descriptors
+from tests.system.test_reliability import config, ensure_file_descriptors
 
 pytestmark = pytest.mark.slow
 
