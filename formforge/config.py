@@ -108,6 +108,7 @@ class ServerSettings(_Section):
     public_url: HttpUrl | None = None
     cors_origins: Strings = ("*",)
     idle_timeout_seconds: Seconds = 60.0
+    backlog: PositiveInt | None = None  # listen queue; None: the kernel's limit (somaxconn)
     event_loop: EventLoopChoice = "auto"
     log_format: LogFormat = "text"
 

@@ -14,6 +14,7 @@ from formforge.app import FormForge, Role
 from formforge.config import Settings
 from formforge.realtime.client_errors import quiet_client_errors
 from formforge.runtime.event_loop import loop_name
+from formforge.runtime.listening import backlog_for
 from formforge.runtime.memory import release_memory_when_idle
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ class Server:
         """Recover the store, bind, and return the URL clients use."""
         server = self.settings.server
         # Bind first: a taken port starts nothing.
-        sockets = self.sockets or bind_sockets(server.port, server.host)
+        sockets = self.sockets or bind_sockets(
+            server.port, server.host, backlog=backlog_for(server.backlog)
+        )
         url = listening_url(server.host, sockets)
         self.app = FormForge(self.settings, role=self.role)
         await self.app.start(url)

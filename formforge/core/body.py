@@ -14,7 +14,7 @@ import enum
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from formforge.core.bandwidth import Pace
 
@@ -24,6 +24,16 @@ class BodyEnd(enum.Enum):
     CUT = "cut"  # the connection closed before the body ended
     STALLED = "stalled"  # nothing arrived for the idle time-out
     STOPPED = "stopped"  # a newer request for the upload took over
+
+
+class Receiver(Protocol):
+    """The connection under a body, where the front can say more than its chunks do."""
+
+    def quiet_seconds(self) -> float:
+        """Seconds since bytes last reached the connection, handed over yet or not."""
+
+    def unread(self) -> bytes:
+        """Bytes of the body that reached the connection and wait to be handed over."""
 
 
 class BodyStream:
@@ -44,6 +54,7 @@ class BodyStream:
         self.first_byte_at: float | None = None
         self.last_byte_at = 0.0
         self.pace: Pace | None = None  # set by the service when bandwidth is limited
+        self.receiver: Receiver | None = None  # set by a front that holds bytes back
 
     # -- the producer side (the front) ---------------------------------------------------
 
@@ -78,7 +89,9 @@ class BodyStream:
         asks this when another request wants the upload, and decides (`locks/base.py`)."""
         if self._chunks or self.end is not None:
             return 0.0 if self.end is None else float("inf")
-        return time.monotonic() - self._last_activity
+        idle = time.monotonic() - self._last_activity
+        # Bytes the front lets gather at the socket are arriving, not stalled.
+        return idle if self.receiver is None else min(idle, self.receiver.quiet_seconds())
 
     def stop(self) -> None:
         """A newer request takes the upload over (or the server stops): end the body now;
@@ -124,8 +137,16 @@ class BodyStream:
 
     def _abort(self, reason: BodyEnd) -> None:
         if self.end is None:
+            self._take_unread()
             self._close(reason)
             self._on_abort(reason)
+
+    def _take_unread(self) -> None:
+        """Bytes that reached the server are kept when it stops reading early, too."""
+        unread = self.receiver.unread() if self.receiver is not None else b""
+        if unread:
+            self.received += len(unread)
+            self._chunks.append(unread)
 
     def _close(self, reason: BodyEnd) -> None:
         if self.end is not None:

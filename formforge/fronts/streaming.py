@@ -11,6 +11,7 @@ from formforge.core.body import BodyEnd, BodyStream
 from formforge.core.model import UploadInfo
 from formforge.core.write_request import WriteRequest
 from formforge.fronts.base import FrontHandler
+from formforge.fronts.lowwater import LowWaterMark
 
 
 class StreamingWriteHandler(FrontHandler):
@@ -18,6 +19,7 @@ class StreamingWriteHandler(FrontHandler):
     `prepare`, once the headers are checked; `finish_body_write` in the method handler."""
 
     body: BodyStream | None = None
+    low_water: LowWaterMark | None = None
     write_task: asyncio.Task[UploadInfo] | None = None
     prepared = False
 
@@ -44,6 +46,16 @@ class StreamingWriteHandler(FrontHandler):
         # method handler resumes from `finish_body_write`, so its answer sees the sample.
         self.write_task.add_done_callback(lambda _: self._record_throughput(body))
         self.connection().set_max_body_size(max_body)
+        body.receiver = self.low_water = self._low_water_mark()
+
+    def _low_water_mark(self) -> LowWaterMark | None:
+        """Only for a body of known length: a chunked one's end cannot be foreseen."""
+        headers = self.request.headers
+        length = headers.get("Content-Length")
+        if length is None or "Transfer-Encoding" in headers or not length.isdigit():
+            return None
+        connection = self.connection()
+        return LowWaterMark(connection.stream, int(length), connection.params.chunk_size)
 
     async def finish_body_write(self) -> UploadInfo | None:
         """The body is complete: wait until it is stored (and durable). None if none was sent."""
@@ -58,7 +70,20 @@ class StreamingWriteHandler(FrontHandler):
             self.throughput.record(self.client_address(), body.received, seconds)
 
     def data_received(self, chunk: bytes) -> Any:
-        return self.body.feed(chunk) if self.body is not None else None
+        if self.body is None:
+            return None
+        waiter = self.body.feed(chunk)
+        if self.low_water is not None:
+            if self.body.end is None:
+                self.low_water.after_chunk(len(chunk))
+            else:  # the write is over: read the rest of the body quickly, as before
+                self.low_water.release()
+        return waiter
+
+    def on_finish(self) -> None:
+        if self.low_water is not None:
+            self.low_water.release()  # before the next request's headers are read
+        super().on_finish()
 
     def on_connection_close(self) -> None:
         if self.body is not None:

@@ -21,6 +21,7 @@ from tornado.netutil import bind_sockets
 
 from formforge.app import Role, recover_store
 from formforge.config import Settings
+from formforge.runtime.listening import backlog_for
 from formforge.server import Server, listening_url
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def supervise(
 ) -> int:
     """Serve with `workers` processes; returns the supervisor's exit status. `announce`
     prints the start-up line once every worker is forked."""
-    sockets = bind_sockets(settings.server.port, settings.server.host)
+    server = settings.server
+    sockets = bind_sockets(server.port, server.host, backlog=backlog_for(server.backlog))
     asyncio.run(recover_store(settings))
     children: dict[int, int] = {}  # pid -> worker index
 
