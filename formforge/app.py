@@ -118,6 +118,7 @@ class FormForge:
             static_handler_class=SafeStaticFileHandler,
             log_function=self.metrics.on_request,
             idle_timeout_seconds=settings.server.idle_timeout_seconds,
+            receive_low_water=settings.server.receive_low_water,
         )
         self._sweeper: asyncio.Task[None] | None = None
 

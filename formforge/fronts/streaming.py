@@ -49,7 +49,10 @@ class StreamingWriteHandler(FrontHandler):
         body.receiver = self.low_water = self._low_water_mark()
 
     def _low_water_mark(self) -> LowWaterMark | None:
-        """Only for a body of known length: a chunked one's end cannot be foreseen."""
+        """Only for a body of known length: a chunked one's end cannot be foreseen; and only
+        with `server.receive_low_water` on."""
+        if not self.application.settings.get("receive_low_water"):
+            return None
         headers = self.request.headers
         length = headers.get("Content-Length")
         if length is None or "Transfer-Encoding" in headers or not length.isdigit():
