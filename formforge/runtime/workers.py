@@ -10,6 +10,7 @@ picks for `Role.workers > 1` (files and Unix sockets in the data dir, or Redis).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +28,9 @@ from formforge.server import Server, listening_url
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 10
+# A worker's clean stop takes at most ~8 s (5 s for writes in flight, 3 s to close
+# connections); one still running after this is killed, so SIGTERM always ends the server.
+STOP_GRACE_SECONDS = 9
 RunWorker = Callable[[Server], int]  # runs one worker's server until SIGTERM; exit status
 
 
@@ -47,7 +51,15 @@ def supervise(
         stopping = True
         log.info("stopping workers=%d signal=%s", len(children), signal.Signals(signum).name)
         for pid in children:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        signal.alarm(STOP_GRACE_SECONDS)
+
+    def kill_stragglers(signum: int, frame: FrameType | None) -> None:
+        for pid in children:
+            log.warning("worker did not stop in time; killed pid=%d", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def spawn(index: int) -> None:
         role = Role(workers=workers, leader=index == 0, recover_store=False)
@@ -60,6 +72,7 @@ def supervise(
         if pid == 0:  # the worker: not the supervisor's handlers, and SIGINT is its to relay
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             os._exit(run_worker(Server(settings, sockets, role)))
         children[pid] = index
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -67,6 +80,7 @@ def supervise(
     # Handlers first: a stop that comes while workers start must still reach every one.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGALRM, kill_stragglers)
     for index in range(workers):
         if not stopping:
             spawn(index)

@@ -147,6 +147,21 @@ def test_sigterm_as_workers_start_still_stops_them_all(start_server: Any, tmp_pa
         assert server.terminate() == 0, f"round {attempt}\n{server.log_tail()}"
 
 
+def test_a_worker_that_does_not_stop_is_killed_and_the_server_still_exits_0(
+    start_server: Any,
+) -> None:
+    """A worker frozen (SIGSTOP) cannot stop cleanly: the supervisor kills it once the
+    grace period is over, says so, and SIGTERM still ends the server with 0."""
+    server = start_server(args=["--workers", "2"])
+    frozen = min(worker_pids(server))
+    os.kill(frozen, signal.SIGSTOP)
+    assert server.terminate(timeout=30) == 0
+    deadline = time.monotonic() + 5  # the output thread reads the last lines after the exit
+    while not any(f"killed pid={frozen}" in line for line in server.output):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.05)
+
+
 def test_a_dead_worker_is_replaced(start_server: Any) -> None:
     server = start_server(args=["--workers", "2"])
     victim = min(worker_pids(server))
