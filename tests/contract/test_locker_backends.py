@@ -31,12 +31,14 @@ async def until_stopped(holder: BodyStream, within: float) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_redis_a_held_lock_outlives_its_lease_by_renewal(redis_url: str) -> None:
-    holding, asking = RedisLocker(redis_url, lease_seconds=0.5), RedisLocker(redis_url)
+    # A lease of 0.5 s left 0.2 s between a missed renewal and a stop: a busy CI's loop
+    # stalled that long. 2 s leaves 0.8 s, and the wait still spans leases.
+    holding, asking = RedisLocker(redis_url, lease_seconds=2.0), RedisLocker(redis_url)
     try:
         upload = new_upload_id()
         holder = active_body()
         await holding.acquire(upload, holder)
-        await asyncio.sleep(1.5)  # three leases
+        await asyncio.sleep(4.5)  # more than two leases
         with pytest.raises(UploadError) as error:
             await asking.acquire(upload, active_body())
         assert error.value.kind is ErrorKind.UPLOAD_LOCKED
