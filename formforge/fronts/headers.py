@@ -6,8 +6,10 @@ headers does not, so it is written once here.
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC, datetime
 from email.message import Message
-from email.utils import collapse_rfc2231_value
+from email.utils import collapse_rfc2231_value, format_datetime
 
 from tornado.httputil import HTTPHeaders
 
@@ -57,3 +59,14 @@ def disposition_filename(header: str | None) -> str | None:
     if not names:
         return None
     return collapse_rfc2231_value(names[0]) or None
+
+
+def http_date(moment: datetime) -> str:
+    """An IMF-fixdate (`Upload-Expires`): the same few seconds are formatted for every answer
+    of a busy second, so once each (format_datetime was ~1.3 % of small PATCHes' CPU)."""
+    return _http_date_of_second(int(moment.timestamp()))
+
+
+@functools.lru_cache(maxsize=64)
+def _http_date_of_second(second: int) -> str:
+    return format_datetime(datetime.fromtimestamp(second, UTC), usegmt=True)

@@ -8,11 +8,11 @@ the log lines about the request (`formforge.logs`) and handed to hooks (`request
 from __future__ import annotations
 
 import re
-import secrets
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.web import OutputTransform
 
+from formforge.core.ids import new_serial_id
 from formforge.logs import REQUEST_ID
 
 HEADER = "X-Request-ID"
@@ -25,7 +25,7 @@ def choose_request_id(given: str | None) -> str:
     """The id a client or proxy sent, if it is acceptable; else a new, random one."""
     if given is not None and _ACCEPTED.fullmatch(given):
         return given
-    return secrets.token_hex(16)
+    return new_serial_id()
 
 
 def assign_request_id(request: HTTPServerRequest) -> str:

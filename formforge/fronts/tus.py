@@ -7,7 +7,6 @@ body then streams into the service through a `BodyStream`.
 
 from __future__ import annotations
 
-from email.utils import format_datetime
 from urllib.parse import urlparse
 
 from tornado.web import stream_request_body
@@ -26,7 +25,7 @@ from formforge.fronts.download import (
     is_fresh,
     parse_range,
 )
-from formforge.fronts.headers import has_body, media_type, require_id
+from formforge.fronts.headers import has_body, http_date, media_type, require_id
 from formforge.fronts.streaming import StreamingWriteHandler
 
 TUS_VERSION = "1.0.0"
@@ -255,7 +254,7 @@ class TusHandler(StreamingWriteHandler):
     def _set_expires(self, info: UploadInfo) -> None:
         expires = self.service.expires_at(info)
         if expires is not None:
-            self.set_header("Upload-Expires", format_datetime(expires, usegmt=True))
+            self.set_header("Upload-Expires", http_date(expires))
 
 
 def _concat_role(header: str | None) -> ConcatRole | None:

@@ -26,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import secrets
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from formforge.core.ids import new_serial_id
 from formforge.core.locker import (
     STALLED_AFTER_SECONDS,
     TAKEOVER_WAIT_SECONDS,
@@ -94,7 +94,7 @@ class BaseLocker(Locker, Generic[G]):
         await self.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_seconds
-        token = secrets.token_hex(16)
+        token = new_serial_id()
         asked: str | None = None  # the other process's holder that agreed to let go
         while True:
             local = self._held.get(upload_id)
