@@ -13,7 +13,9 @@ all see the same machine noise; the medians and each one's CPU ratio to the firs
         serve --port {port} --data-dir {dir} --config {config}' --server formforge
 
 `--server NAME=COMMAND` (repeatable; `{port}`, `{dir}` and `{config}`, an fsync-off config,
-are filled in); `--server formforge` is this checkout. The first is the baseline.
+are filled in); `--server formforge` is this checkout, `--server formforge-no-mark` the same
+with `server.receive_low_water: false` (every body read as its bytes arrive). The first is
+the baseline.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ HOST = "127.0.0.1"
 THIS_CHECKOUT = (
     f"{sys.executable} -m formforge serve --port {{port}} --data-dir {{dir}} --config {{config}}"
 )
+NO_MARK = "formforge-no-mark"
+CONFIG = "storage: {fsync: false}\n"
+CONFIG_NO_MARK = CONFIG + "server: {receive_low_water: false}\n"
 
 
 def size(text: str) -> int:
@@ -67,9 +72,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(command: str, base: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start(command: str, base: Path, config_text: str) -> tuple[subprocess.Popen[bytes], int]:
     port, config = free_port(), base / "nofsync.yaml"
-    config.write_text("storage: {fsync: false}\n")
+    config.write_text(config_text)
     line = command.format(port=port, dir=base / "data", config=config)
     proc = subprocess.Popen(
         line,
@@ -176,7 +181,7 @@ async def measure(pid: int, port: int, args: argparse.Namespace) -> dict[str, ob
 
 def run_once(name: str, command: str, args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="ff-slow-") as tmp:
-        proc, port = start(command, Path(tmp))
+        proc, port = start(command, Path(tmp), CONFIG_NO_MARK if name == NO_MARK else CONFIG)
         try:
             result = asyncio.run(measure(server_pid(proc), port, args))
         finally:

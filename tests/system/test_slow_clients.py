@@ -201,7 +201,7 @@ def fast_then(sock: socket.socket, source: bytes, fast: int) -> None:
         time.sleep(0.1)
 
 
-# The low-water mark is off by default (config.yaml); these tests turn it on.
+# The low-water mark is on by default; these tests say so, so they keep testing it.
 LOW_WATER = "  receive_low_water: true\n"
 
 
