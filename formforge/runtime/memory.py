@@ -18,7 +18,11 @@ youngest generation is collected every 10,000 allocations: 16 collections, 0.07 
 
 After a burst: what a burst of uploads allocated stays in the heap once freed (200
 concurrent uploads left ~290 MiB resident), so once no upload has been writing for a
-second the free heap is handed back (`malloc_trim`).
+second the free heap is handed back (`malloc_trim`). First the cycles are collected: a
+connection's objects (handler, streams, futures, tasks) refer to each other, outlive the
+young collections while it is open, and so wait for a full collection once it is closed,
+which an idle server never reaches. After 5,000 slow uploads that was 295,000 objects and
+~45 MiB kept for good; the collection took 0.47 s, once, in the first quiet second.
 """
 
 from __future__ import annotations
@@ -64,7 +68,10 @@ def tune_collector() -> None:
 
 
 def release_free_memory() -> bool:
-    """Hand the heap's free pages back to the system; False where that is not glibc."""
+    """Collect garbage cycles, then hand the heap's free pages back to the system; False
+    where that is not glibc (the cycles are collected all the same)."""
+    unreachable = gc.collect()
+    log.debug("collected before release unreachable=%d", unreachable)
     malloc_trim = libc_function("malloc_trim", (ctypes.c_size_t,))
     if malloc_trim is None:
         return False
