@@ -12,9 +12,9 @@ What this changes, and how each stays right:
   `events.progress_interval_ms`; a body faster than `MAX_MARK` a second is read as before.
 - Throughput: bytes held back below the mark fill the receive window, so the mark never
   takes more than half of it (`TCP_WINDOW_CLAMP`). A 64 KiB mark on a fresh connection's
-  80 KiB window over a 150 ms link let the client send a window per round trip, kept the
-  kernel from growing the window (it grows as the reader drains it) and held a 50 MiB
-  upload to ~500 KiB/s: tuspy gave up after 110 s through tests/system/test_lossy_network.py.
+  80 KiB window over a 150 ms link let the client send one window per round trip (about
+  500 KiB/s) and kept the kernel from growing the window, which grows as the reader drains
+  it: tuspy gave up on 50 MiB after 110 s in tests/system/test_lossy_network.py.
 - The end of the body: the mark never exceeds what is left of it, so the last bytes are
   read as soon as they arrive, and it is 1 again before the next request's headers.
 - Stall detection (idle time-out, take-over): bytes waiting in the kernel below the mark are
