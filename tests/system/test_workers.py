@@ -7,10 +7,12 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import socketio
 
@@ -39,6 +41,28 @@ def patch(url: str, offset: int, body: bytes) -> requests.Response:
     return fresh_session().patch(
         url, data=body, timeout=WAIT, headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}
     )
+
+
+def process_states(server: Any) -> str:
+    """The supervisor's and its children's state and kernel wait channel, one line each."""
+    lines = []
+    for pid in [server.proc.pid, *sorted(worker_pids(server))]:
+        try:
+            state = next(
+                line
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("State:")
+            )
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+            signals = [
+                line
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(("SigPnd", "ShdPnd", "SigBlk"))
+            ]
+            lines.append(f"pid {pid}: {state} wchan={wchan} {' '.join(signals)}")
+        except OSError as error:
+            lines.append(f"pid {pid}: {error}")
+    return "\n".join(lines)
 
 
 def worker_pids(server: Any) -> set[int]:
@@ -155,7 +179,11 @@ def test_a_worker_that_does_not_stop_is_killed_and_the_server_still_exits_0(
     server = start_server(args=["--workers", "2"])
     frozen = min(worker_pids(server))
     os.kill(frozen, signal.SIGSTOP)
-    assert server.terminate(timeout=30) == 0
+    try:
+        status = server.terminate(timeout=30)
+    except subprocess.TimeoutExpired:  # CI saw this once: say where everything was
+        pytest.fail(f"the supervisor did not exit\n{process_states(server)}\n{server.log_tail()}")
+    assert status == 0
     deadline = time.monotonic() + 5  # the output thread reads the last lines after the exit
     while not any(f"killed pid={frozen}" in line for line in server.output):
         assert time.monotonic() < deadline, server.log_tail()
