@@ -29,8 +29,10 @@ connection's reads are at most a mark's worth, so its buffer follows what it del
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 import time
 
 from tornado.iostream import IOStream
@@ -73,8 +75,14 @@ class LowWaterMark:
         self._set_mark(1)
 
     def quiet_seconds(self) -> float:
-        """Seconds since the kernel last received bytes on this connection, read or not."""
+        """Seconds since the kernel last received bytes on this connection, read or not;
+        0 while a read's worth waits in the kernel (the mark reached): a server that fell
+        behind (its loop stalled for a second) must not take a client whose bytes are already
+        here for a stalled one. Fewer bytes than the mark are a trickle that may have
+        stopped: their arrival time counts."""
         try:
+            if waiting_bytes(self._socket) >= self._mark:
+                return 0.0
             info = self._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
         except OSError:  # closed: nothing arrives any more
             return float("inf")
@@ -132,6 +140,12 @@ def mark_for_rate(bytes_per_second: float) -> int:
     if wanted > MAX_MARK:
         return 1
     return floor_power_of_two(wanted)
+
+
+def waiting_bytes(sock: socket.socket) -> int:
+    """Bytes received and not yet read (FIONREAD, which is SIOCINQ for TCP)."""
+    (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))
+    return int(count)
 
 
 def floor_power_of_two(value: int) -> int:

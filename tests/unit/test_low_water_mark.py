@@ -6,6 +6,7 @@ Real connected TCP sockets on 127.0.0.1; the mark is read back from the kernel
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 
@@ -99,3 +100,48 @@ def test_marks_are_powers_of_two_between_the_bounds() -> None:
     assert mark_for_rate(40 * KiB) == 32 * KiB
     assert mark_for_rate(64 * KiB) == 64 * KiB
     assert mark_for_rate(65 * KiB) == 1
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Both ends of a fresh loopback connection: the server's, then the client's."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                yield accepted, client
+
+
+@pytest.mark.gen_test
+async def test_a_read_worth_waiting_in_the_kernel_is_never_silence(
+    connection: tuple[socket.socket, socket.socket],
+) -> None:
+    """A server that fell behind (its loop stalled) has not read what arrived: that client
+    is not stalled, however long ago its bytes came. Once they are read, silence counts."""
+    server, client = connection
+    mark = LowWaterMark(IOStream(server), 10 * MiB, MiB)
+    client.sendall(b"x" * 1000)
+    await asyncio.sleep(0.3)
+    assert lowwater.waiting_bytes(server) == 1000
+    assert mark.quiet_seconds() == 0.0
+    server.recv(1000)
+    assert mark.quiet_seconds() >= 0.25
+
+
+@pytest.mark.gen_test
+async def test_a_trickle_below_the_mark_that_stops_is_silence(
+    clock: Clock, connection: tuple[socket.socket, socket.socket]
+) -> None:
+    """Bytes under the mark are not read until more come: if none do, the client has
+    stalled, and the idle time-out must still see it."""
+    server, client = connection
+    mark = LowWaterMark(IOStream(server), 10 * MiB, MiB)
+    for _ in range(8):  # 32 KiB/s: the mark is 32 KiB
+        mark.after_chunk(8 * KiB)
+        clock.now += 0.25
+    assert mark_of(server) == 32 * KiB
+    client.sendall(b"x" * 1000)
+    await asyncio.sleep(0.3)
+    assert mark.quiet_seconds() >= 0.25
