@@ -46,19 +46,15 @@ class StreamingWriteHandler(FrontHandler):
         # method handler resumes from `finish_body_write`, so its answer sees the sample.
         self.write_task.add_done_callback(lambda _: self._record_throughput(body))
         self.connection().set_max_body_size(max_body)
-        body.receiver = self.low_water = self._low_water_mark()
+        body.receiver = self.low_water = self._low_water_mark(request.content_length)
 
-    def _low_water_mark(self) -> LowWaterMark | None:
-        """Only for a body of known length: a chunked one's end cannot be foreseen; and only
-        with `server.receive_low_water` on."""
-        if not self.application.settings.get("receive_low_water"):
-            return None
-        headers = self.request.headers
-        length = headers.get("Content-Length")
-        if length is None or "Transfer-Encoding" in headers or not length.isdigit():
+    def _low_water_mark(self, length: int | None) -> LowWaterMark | None:
+        """Only for a body of known length (the front parsed it; a chunked one's end cannot
+        be foreseen), and only with `server.receive_low_water` on."""
+        if length is None or not self.application.settings.get("receive_low_water"):
             return None
         connection = self.connection()
-        return LowWaterMark(connection.stream, int(length), connection.params.chunk_size)
+        return LowWaterMark(connection.stream, length, connection.params.chunk_size)
 
     async def finish_body_write(self) -> UploadInfo | None:
         """The body is complete: wait until it is stored (and durable). None if none was sent."""

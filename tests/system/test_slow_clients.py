@@ -201,8 +201,11 @@ def fast_then(sock: socket.socket, source: bytes, fast: int) -> None:
         time.sleep(0.1)
 
 
-# The low-water mark is on by default; these tests say so, so they keep testing it.
-LOW_WATER = "  receive_low_water: true\n"
+def low_water_server(start_server: Any, tmp_path: Path, idle_timeout: float) -> Any:
+    """A server with the low-water mark on: the default, said here so these tests keep
+    testing it whatever the default becomes."""
+    server_config = f"server:\n  idle_timeout_seconds: {idle_timeout}\n  receive_low_water: true\n"
+    return start_server(args=config(tmp_path, server_config))
 
 
 def test_bytes_trickling_in_below_the_mark_are_not_cut_by_the_idle_timeout(
@@ -210,9 +213,7 @@ def test_bytes_trickling_in_below_the_mark_are_not_cut_by_the_idle_timeout(
 ) -> None:
     """After a faster start, a body slows to 2 KiB/s for twice the idle time-out (2 s): its
     bytes wait in the kernel below the mark, but they arrive, so the body is not cut."""
-    server = start_server(
-        args=config(tmp_path, f"server:\n  idle_timeout_seconds: {IDLE_TIMEOUT}\n{LOW_WATER}")
-    )
+    server = low_water_server(start_server, tmp_path, IDLE_TIMEOUT)
     source = os.urandom(128 * KiB)
     url = create(server, len(source))
     sock = open_patch(url, 0, len(source))
@@ -240,9 +241,7 @@ def test_a_stalled_holder_is_taken_over_and_keeps_the_bytes_that_waited_in_the_k
 ) -> None:
     """The holder sends 32 KiB at ~40 KiB/s, then 1 KiB (below its mark, so unread), then
     nothing. A new PATCH a second later takes over; the 1 KiB is kept, not dropped."""
-    server = start_server(
-        args=config(tmp_path, f"server:\n  idle_timeout_seconds: 60\n{LOW_WATER}")
-    )
+    server = low_water_server(start_server, tmp_path, 60)
     source = os.urandom(128 * KiB)
     url = create(server, len(source))
     holder = open_patch(url, 0, len(source))
@@ -268,9 +267,7 @@ def test_the_last_bytes_of_a_body_are_read_and_the_next_request_at_once(
     """A slow body whose last piece is far below the mark still completes (the mark is
     lowered to what is left), and a HEAD sent next on the same connection is answered
     (the mark is 1 again before headers are read)."""
-    server = start_server(
-        args=config(tmp_path, f"server:\n  idle_timeout_seconds: {IDLE_TIMEOUT}\n{LOW_WATER}")
-    )
+    server = low_water_server(start_server, tmp_path, IDLE_TIMEOUT)
     source = os.urandom(32 * KiB + 100)
     url = create(server, len(source))
     with socket.create_connection(("127.0.0.1", port_of(url)), timeout=30.0) as sock:
@@ -307,7 +304,7 @@ def test_progress_still_arrives_during_a_long_slow_request(
     """128 KiB at 32 KiB/s in 4 KiB writes (4 s, read about once a second once its rate is
     known): uploadProgress events arrive while the request runs, offsets rising, before the
     end-of-request flush."""
-    server = start_server(args=config(tmp_path, f"server:\n{LOW_WATER}"))
+    server = low_water_server(start_server, tmp_path, 60)  # 60: the default
     source = os.urandom(128 * KiB)
     url = create(server, len(source))
     upload_id = url.rsplit("/", 1)[1]

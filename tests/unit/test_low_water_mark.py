@@ -36,15 +36,21 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 @pytest.fixture
-def server_side() -> Iterator[socket.socket]:
-    """The server's end of a fresh loopback connection."""
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Both ends of a fresh loopback connection: the server's, then the client's."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        with socket.create_connection(listener.getsockname()) as _client:
+        with socket.create_connection(listener.getsockname()) as client:
             accepted, _ = listener.accept()
             with accepted:
-                yield accepted
+                yield accepted, client
+
+
+@pytest.fixture
+def server_side(connection: tuple[socket.socket, socket.socket]) -> socket.socket:
+    """The server's end of a fresh loopback connection."""
+    return connection[0]
 
 
 def mark_of(sock: socket.socket) -> int:
@@ -100,18 +106,6 @@ def test_marks_are_powers_of_two_between_the_bounds() -> None:
     assert mark_for_rate(40 * KiB) == 32 * KiB
     assert mark_for_rate(64 * KiB) == 64 * KiB
     assert mark_for_rate(65 * KiB) == 1
-
-
-@pytest.fixture
-def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """Both ends of a fresh loopback connection: the server's, then the client's."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        with socket.create_connection(listener.getsockname()) as client:
-            accepted, _ = listener.accept()
-            with accepted:
-                yield accepted, client
 
 
 @pytest.mark.gen_test
