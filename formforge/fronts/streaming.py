@@ -10,6 +10,7 @@ from tornado.http1connection import HTTP1Connection
 from formforge.core.body import BodyEnd, BodyStream
 from formforge.core.model import UploadInfo
 from formforge.core.write_request import WriteRequest
+from formforge.fronts import readahead
 from formforge.fronts.base import FrontHandler
 from formforge.fronts.lowwater import LowWaterMark
 
@@ -45,7 +46,9 @@ class StreamingWriteHandler(FrontHandler):
         # Every streamed write ends here, complete or cut; this callback runs before the
         # method handler resumes from `finish_body_write`, so its answer sees the sample.
         self.write_task.add_done_callback(lambda _: self._record_throughput(body))
-        self.connection().set_max_body_size(max_body)
+        connection = self.connection()
+        connection.set_max_body_size(max_body)
+        readahead.for_body(connection.stream, connection.params.chunk_size)
         body.receiver = self.low_water = self._low_water_mark(request.content_length)
 
     def _low_water_mark(self, length: int | None) -> LowWaterMark | None:
@@ -80,8 +83,11 @@ class StreamingWriteHandler(FrontHandler):
         return waiter
 
     def on_finish(self) -> None:
+        # Before the next request's headers are read.
         if self.low_water is not None:
-            self.low_water.release()  # before the next request's headers are read
+            self.low_water.release()
+        if self.body is not None:
+            readahead.between_bodies(self.connection().stream)
         super().on_finish()
 
     def on_connection_close(self) -> None:
