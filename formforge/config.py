@@ -9,15 +9,13 @@ the repository's `config.yaml`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
-
 from formforge.auth import read_token_file
 from formforge.config_file import UnreadableFile, read_sections
+from formforge.config_values import Before, Bounds, Finite, Invalid, MinLength, Pattern, build
 from formforge.logs import LogFormat
 from formforge.runtime.event_loop import EventLoopChoice, uvloop_installed
 
@@ -47,64 +45,48 @@ class ConfigError(Exception):
 # --- value types -------------------------------------------------------------------
 
 
-def _list_as_tuple(value: object) -> object:
-    """YAML gives lists; settings hold tuples so that a frozen Settings is immutable all through."""
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, tuple):
-        return value
-    raise PydanticCustomError("list_type", "Input should be a valid list")
-
-
 def _tokens_source(value: object) -> object:
     """auth.bearer_tokens is a list of tokens, a path to a file of tokens, or null."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, list | tuple) and all(isinstance(token, str) for token in value):
         return tuple(value)
-    raise PydanticCustomError(
-        "tokens_type", "Input should be a list of tokens, a path to a file of tokens, or null"
-    )
+    raise Invalid("Input should be a list of tokens, a path to a file of tokens, or null")
 
 
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(gt=0)]
-Strings = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
+Seconds = Annotated[float, Bounds(gt=0), Finite()]
+PositiveInt = Annotated[int, Bounds(gt=0)]
+Strings = tuple[str, ...]  # YAML gives lists; tuples keep a frozen Settings immutable all through
 ChecksumAlgorithm = Literal["sha1", "md5", "sha256", "crc32"]
-HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
+HttpUrl = Annotated[str, Pattern(r"^https?://\S+$")]
+
+# Every section below is a frozen dataclass, checked strictly by `config_values.build`.
 
 
-class _Section(BaseModel):
-    # strict: "yes", "60" or 1 are not silently taken for a bool, a number or a string.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class HookTarget(_Section):
+@dataclass(frozen=True, kw_only=True)
+class HookTarget:
     """Exactly one of: an HTTP endpoint, a command line, or a Python callable."""
 
     http: HttpUrl | None = None
-    command: Annotated[str, Field(min_length=1)] | None = None
-    python: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    command: Annotated[str, MinLength(1)] | None = None
+    python: Annotated[str, Pattern(r"^[\w.]+:[\w.]+$")] | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> HookTarget:
+    def __post_init__(self) -> None:
         given = [name for name in ("http", "command", "python") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise PydanticCustomError(
-                "hook_target", "a hook target has exactly one of the keys http, command, python"
-            )
-        return self
+            raise Invalid("a hook target has exactly one of the keys http, command, python")
 
 
-HookTargets = Annotated[tuple[HookTarget, ...], BeforeValidator(_list_as_tuple)]
+HookTargets = tuple[HookTarget, ...]
 
 
 # --- sections ----------------------------------------------------------------------
 
 
-class ServerSettings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 3000  # 0: the OS picks a free port
+    port: Annotated[int, Bounds(ge=0, le=65535)] = 3000  # 0: the OS picks a free port
     public_url: HttpUrl | None = None
     cors_origins: Strings = ("*",)
     idle_timeout_seconds: Seconds = 60.0
@@ -116,34 +98,34 @@ class ServerSettings(_Section):
     log_format: LogFormat = "text"
 
 
-class S3Settings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class S3Settings:
     """storage.backend: s3 — any S3-compatible engine. Unset keys fall back to the usual
     AWS sources (environment, shared credentials) as botocore reads them."""
 
-    bucket: Annotated[str, Field(min_length=3)]
+    bucket: Annotated[str, MinLength(3)]
     endpoint: HttpUrl | None = None
     region: str = "us-east-1"
     access_key: str | None = None
     secret_key: str | None = None
-    part_size: Annotated[int, Field(ge=5 * 1024 * 1024, le=5 * 1024**3)] = 8 * 1024 * 1024
+    part_size: Annotated[int, Bounds(ge=5 * 1024 * 1024, le=5 * 1024**3)] = 8 * 1024 * 1024
     prefix: str = ""
 
 
-class StorageSettings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class StorageSettings:
     backend: Literal["file", "s3"] = "file"
-    # Lax for this one field: a path is written as a string in YAML and flags.
-    path: Annotated[Path, Field(strict=False)] = Path("data")
+    path: Path = Path("data")  # a string in YAML and flags
     fsync: bool = True
     s3: S3Settings | None = None
 
-    @model_validator(mode="after")
-    def _s3_needs_its_section(self) -> StorageSettings:
+    def __post_init__(self) -> None:
         if self.backend == "s3" and self.s3 is None:
-            raise PydanticCustomError("s3_missing", "backend s3 needs a storage.s3 section")
-        return self
+            raise Invalid("backend s3 needs a storage.s3 section")
 
 
-class LimitsSettings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class LimitsSettings:
     max_size: PositiveInt = 107374182400
     max_metadata_bytes: PositiveInt = 16384
     bandwidth_per_upload: PositiveInt | None = None
@@ -151,67 +133,104 @@ class LimitsSettings(_Section):
     max_concurrent_uploads: PositiveInt | None = None
 
 
-class ExpirationSettings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class ExpirationSettings:
     unfinished_ttl_seconds: Seconds = 86400.0
     sweep_interval_seconds: Seconds = 60.0
 
 
-class ChecksumSettings(_Section):
-    algorithms: Annotated[tuple[ChecksumAlgorithm, ...], BeforeValidator(_list_as_tuple)] = (
-        "sha1",
-        "md5",
-        "sha256",
-        "crc32",
-    )
+@dataclass(frozen=True, kw_only=True)
+class ChecksumSettings:
+    algorithms: tuple[ChecksumAlgorithm, ...] = ("sha1", "md5", "sha256", "crc32")
 
-    @model_validator(mode="after")
-    def _no_repeats(self) -> ChecksumSettings:
+    def __post_init__(self) -> None:
         if len(set(self.algorithms)) != len(self.algorithms):
-            raise PydanticCustomError("duplicate", "an algorithm is listed twice")
-        return self
+            raise Invalid("an algorithm is listed twice")
 
 
-class EventsSettings(_Section):
-    progress_interval_ms: Annotated[int, Field(ge=0)] = 250
+@dataclass(frozen=True, kw_only=True)
+class EventsSettings:
+    progress_interval_ms: Annotated[int, Bounds(ge=0)] = 250
 
 
-class HooksSettings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class HooksSettings:
     timeout_seconds: Seconds = 10.0
     pre_create: HookTargets = ()
     post_finish: HookTargets = ()
     post_terminate: HookTargets = ()
 
 
-class AuthSettings(_Section):
-    bearer_tokens: Annotated[tuple[str, ...] | str | None, BeforeValidator(_tokens_source)] = None
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    bearer_tokens: Annotated[tuple[str, ...] | str | None, Before(_tokens_source)] = None
 
 
-class ClusterSettings(_Section):
+@dataclass(frozen=True, kw_only=True)
+class ClusterSettings:
     redis_url: str | None = None
 
 
-class FileSettings(_Section):
-    """Exactly what a config file may contain: one key per section."""
+@dataclass(frozen=True, kw_only=True)
+class FileSettings:
+    """Exactly what a config file may contain: one key per section. A section may be given as
+    a mapping of its keys (`Settings(storage={"path": "/srv/uploads"})`): it is checked as a
+    config file's would be, and an unusable value raises `config_values.Invalid`."""
 
-    server: ServerSettings = ServerSettings()
-    storage: StorageSettings = StorageSettings()
-    limits: LimitsSettings = LimitsSettings()
-    expiration: ExpirationSettings = ExpirationSettings()
-    checksum: ChecksumSettings = ChecksumSettings()
-    events: EventsSettings = EventsSettings()
-    hooks: HooksSettings = HooksSettings()
-    auth: AuthSettings = AuthSettings()
-    cluster: ClusterSettings = ClusterSettings()
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    expiration: ExpirationSettings = field(default_factory=ExpirationSettings)
+    checksum: ChecksumSettings = field(default_factory=ChecksumSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+
+    def __post_init__(self) -> None:
+        for section in fields(FileSettings):
+            given = getattr(self, section.name)
+            if isinstance(given, Mapping):
+                checked: object = build(_SECTION_TYPES[section.name], given, (section.name,))
+                object.__setattr__(self, section.name, checked)
 
 
+_SECTION_TYPES: dict[str, type] = {
+    "server": ServerSettings,
+    "storage": StorageSettings,
+    "limits": LimitsSettings,
+    "expiration": ExpirationSettings,
+    "checksum": ChecksumSettings,
+    "events": EventsSettings,
+    "hooks": HooksSettings,
+    "auth": AuthSettings,
+    "cluster": ClusterSettings,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings(FileSettings):
-    """The whole, validated, immutable configuration; `Settings()` is the built-in defaults.
+    """The whole, checked, immutable configuration; `Settings()` is the built-in defaults.
 
     `config_file` is the file the values were read from (None: no file); it is
     not a key a config file may set.
     """
 
     config_file: Path | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object]) -> Settings:
+        """Settings from a mapping of sections, as a config file gives them; raises
+        `ConfigError` for anything unusable, as `load_settings` does."""
+        try:
+            sections = build(FileSettings, data)
+        except Invalid as error:
+            raise _config_error(error, None, {}) from None
+        return cls(**_sections_of(sections))
+
+
+def _sections_of(settings: FileSettings) -> dict[str, Any]:
+    return {section.name: getattr(settings, section.name) for section in fields(FileSettings)}
 
 
 # --- checks that need more than one field -----------------------------------------------
@@ -319,22 +338,11 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return key
 
 
-# Pydantic's wording for these speaks of Python, not of a config file.
-_PLAIN_MESSAGES = {
-    "extra_forbidden": "unknown key",
-    "model_type": "Input should be a mapping",
-}
-
-
-def _validation_error(
-    error: ValidationError, file_source: str | None, origins: Mapping[str, str]
+def _config_error(
+    error: Invalid, file_source: str | None, origins: Mapping[str, str]
 ) -> ConfigError:
-    first = error.errors()[0]
-    key = _dotted(first["loc"])
-    message = _PLAIN_MESSAGES.get(first["type"], first["msg"])
-    if error.error_count() > 1:
-        message += f" (and {error.error_count() - 1} more)"
-    return ConfigError(message, source=origins.get(key, file_source), key=key or None)
+    key = _dotted(error.loc)
+    return ConfigError(error.message, source=origins.get(key, file_source), key=key or None)
 
 
 def _check_event_loop(choice: EventLoopChoice, source: str | None) -> None:
@@ -362,9 +370,9 @@ def load_settings(
     data = _read_config_file(path) if path else {}
     origins = _apply_overrides(data, environ, overrides)
     try:
-        sections = FileSettings.model_validate(data)
-    except ValidationError as error:
-        raise _validation_error(error, file_source, origins) from None
+        sections = build(FileSettings, data)
+    except Invalid as error:
+        raise _config_error(error, file_source, origins) from None
     _check_tokens(sections.auth.bearer_tokens, file_source)
     _check_event_loop(sections.server.event_loop, file_source)  # set in the file only
-    return Settings(**dict(sections), config_file=path)
+    return Settings(**_sections_of(sections), config_file=path)

@@ -20,7 +20,7 @@ Tus = Callable[..., Awaitable[HTTPResponse]]
 
 def make_app(data_dir: Path, **sections: dict[str, Any]) -> FormForge:
     storage = {"path": str(data_dir), "fsync": False, **sections.pop("storage", {})}
-    return FormForge(Settings.model_validate({"storage": storage, **sections}))
+    return FormForge(Settings.from_mapping({"storage": storage, **sections}))
 
 
 def tus_client(http_client: AsyncHTTPClient, base_url: str) -> Tus:

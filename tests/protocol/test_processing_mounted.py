@@ -28,7 +28,7 @@ def end(tmp_path: Path) -> Iterator[HttpEnd]:
 def mounted(tmp_path: Path, end: HttpEnd, io_loop: Any) -> Iterator[Any]:
     from formforge import FormForge, Settings
 
-    settings = Settings.model_validate(
+    settings = Settings.from_mapping(
         {
             "storage": {"path": str(tmp_path / "data"), "fsync": False},
             "events": {"progress_interval_ms": 0},

@@ -133,7 +133,6 @@ def test_every_third_party_import_is_declared() -> None:
         "engineio": "python-socketio",
         "prometheus_client": "prometheus-client",
         "botocore": "aiobotocore",
-        "pydantic_core": "pydantic",
     }
     stdlib = set(sys.stdlib_module_names)
     missing = set()

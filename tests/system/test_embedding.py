@@ -238,7 +238,7 @@ PUBLIC = "https://uploads.example.com/base"
 def mounted(tmp_path: Path, io_loop: object) -> Iterator[object]:
     from formforge import FormForge, Settings
 
-    settings = Settings.model_validate(
+    settings = Settings.from_mapping(
         {
             "storage": {"path": str(tmp_path / "data"), "fsync": False},
             "server": {"public_url": PUBLIC},
@@ -291,7 +291,7 @@ async def test_urls_carry_the_public_url_and_the_prefix(http_client: object, bas
 def test_a_prefix_that_is_not_a_path_is_refused(tmp_path: Path) -> None:
     from formforge import FormForge, Settings
 
-    settings = Settings.model_validate({"storage": {"path": str(tmp_path)}})
+    settings = Settings.from_mapping({"storage": {"path": str(tmp_path)}})
     with pytest.raises(ValueError, match="prefix"):
         FormForge(settings, prefix="/up loads?x=1")
 

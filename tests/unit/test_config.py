@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from formforge import config
 from formforge.config import ConfigError, Settings, load_settings
+from formforge.config_values import Invalid
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -65,14 +66,14 @@ def test_no_file_no_env_no_flags_gives_the_defaults() -> None:
 def test_repository_config_yaml_gives_exactly_the_defaults() -> None:
     settings = load(REPO_CONFIG)
     assert settings.config_file == REPO_CONFIG
-    assert settings.model_copy(update={"config_file": None}) == Settings()
+    assert dataclasses.replace(settings, config_file=None) == Settings()
 
 
 def _leaf_keys(value: object, prefix: str = "") -> set[str]:
     if isinstance(value, dict):
         return set().union(*(_leaf_keys(v, f"{prefix}{k}.") for k, v in value.items()))
-    if isinstance(value, BaseModel):
-        fields = type(value).model_fields
+    if dataclasses.is_dataclass(value):
+        fields = [field.name for field in dataclasses.fields(value)]
         return set().union(*(_leaf_keys(getattr(value, k), f"{prefix}{k}.") for k in fields))
     return {prefix.rstrip(".")}
 
@@ -83,7 +84,7 @@ def test_repository_config_yaml_documents_every_key() -> None:
 
 
 def test_empty_file_and_empty_section_mean_defaults() -> None:
-    assert load(write("empty.yaml", "")).model_copy(update={"config_file": None}) == Settings()
+    assert dataclasses.replace(load(write("empty.yaml", "")), config_file=None) == Settings()
     settings = load(write("sections.yaml", "server:\nhooks:\n"))
     assert settings.server == Settings().server
 
@@ -298,10 +299,10 @@ def test_unknown_override_is_a_programming_error() -> None:
 
 def test_settings_are_immutable_all_through() -> None:
     settings = load(write("c.yaml", "server: {cors_origins: [a, b]}"))
-    with pytest.raises(ValidationError):
-        settings.server.port = 1
-    with pytest.raises(ValidationError):
-        settings.server = settings.server
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.server.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.server = settings.server  # type: ignore[misc]
     assert settings.server.cors_origins == ("a", "b")
     hash(settings)  # tuples, not lists, inside
 
@@ -311,7 +312,9 @@ def test_numbers_and_valid_hook_shapes_are_accepted() -> None:
     settings = load(write("c.yaml", text))
     assert settings.server.idle_timeout_seconds == 5.0
     assert settings.expiration.sweep_interval_seconds == 0.5
-    target = config.HookTarget.model_validate({"python": "pkg.mod:func"})
+    target = Settings.from_mapping(
+        {"hooks": {"pre_create": [{"python": "pkg.mod:func"}]}}
+    ).hooks.pre_create[0]
     assert (target.python, target.http, target.command) == ("pkg.mod:func", None, None)
 
 
@@ -336,3 +339,30 @@ def test_uvloop_chosen_but_not_installed_is_one_line(monkeypatch: pytest.MonkeyP
 def test_unknown_event_loop_is_refused() -> None:
     write("c.yaml", "server: {event_loop: trio}")
     assert config_error("c.yaml").startswith("config error in c.yaml: server.event_loop: ")
+
+
+# --- settings built in code (a host application embedding FormForge) ---------------------
+
+
+def test_sections_given_as_mappings_are_checked_like_a_file() -> None:
+    settings = Settings(storage={"path": "uploads", "fsync": False})  # type: ignore[arg-type]
+    assert settings.storage.path == Path("uploads")
+    assert settings.storage.fsync is False
+    with pytest.raises(Invalid) as caught:
+        Settings(storage={"fsync": "no"})  # type: ignore[arg-type]
+    assert (caught.value.loc, caught.value.message) == (
+        ("storage", "fsync"),
+        "Input should be a valid boolean",
+    )
+
+
+def test_from_mapping_refuses_what_a_file_would() -> None:
+    assert Settings.from_mapping({"server": {"port": 8080}}).server.port == 8080
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_mapping({"server": {"port": 70000}})
+    assert (
+        str(caught.value)
+        == "config error: server.port: Input should be less than or equal to 65535"
+    )
+    with pytest.raises(ConfigError, match="config_file: unknown key"):
+        Settings.from_mapping({"config_file": "x.yaml"})
