@@ -179,14 +179,13 @@ async def measure(pid: int, port: int, args: argparse.Namespace) -> dict[str, ob
     }
 
 
-def run_once(name: str, command: str, args: argparse.Namespace) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="ff-slow-") as tmp:
-        proc, port = start(command, Path(tmp), CONFIG_NO_MARK if name == NO_MARK else CONFIG)
-        try:
-            result = asyncio.run(measure(server_pid(proc), port, args))
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(10)
+def run_once(name: str, command: str, args: argparse.Namespace, work: Path) -> dict[str, object]:
+    proc, port = start(command, work, CONFIG_NO_MARK if name == NO_MARK else CONFIG)
+    try:
+        result = asyncio.run(measure(server_pid(proc), port, args))
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)
     print(json.dumps({"server": name, **result}), flush=True)
     return result
 
@@ -205,9 +204,15 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * args.clients + 256)), hard))
     runs: dict[str, list[dict[str, object]]] = {name: [] for name, _ in servers}
-    for _ in range(args.repeat):
-        for name, command in servers:
-            runs[name].append(run_once(name, command, args))
+    # Every run's files are deleted at the end, not after the run: ext4 skips inodes freed in
+    # the last minute when it allocates new ones, and 10,000 of them (one run's uploads) put
+    # 18 % of the next run's samples (perf) into that search, whichever server it was.
+    with tempfile.TemporaryDirectory(prefix="ff-slow-") as tmp:
+        for repetition in range(args.repeat):
+            for name, command in servers:
+                work = Path(tmp) / f"{name}-{repetition}"
+                work.mkdir()
+                runs[name].append(run_once(name, command, args, work))
     report(runs, args)
 
 
