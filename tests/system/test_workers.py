@@ -168,7 +168,12 @@ def test_sigterm_as_workers_start_still_stops_them_all(start_server: Any, tmp_pa
     stopped; the window is small, so the test makes many rounds.)"""
     for attempt in range(12):
         server = start_server(args=["--workers", "2"], data_dir=tmp_path / f"data{attempt}")
-        assert server.terminate() == 0, f"round {attempt}\n{server.log_tail()}"
+        try:
+            status = server.terminate()
+        except subprocess.TimeoutExpired:  # about 1 run in 10 here: say where everything was
+            states = process_states(server)
+            pytest.fail(f"round {attempt}: no exit\n{states}\n{server.log_tail()}")
+        assert status == 0, f"round {attempt}\n{server.log_tail()}"
 
 
 def test_a_worker_that_does_not_stop_is_killed_and_the_server_still_exits_0(
