@@ -7,7 +7,7 @@ notice a close, and reads what arrives into its buffer. Two things made that cos
 - The read goes on until the buffer holds the byte bound of the last read Tornado was asked
   for; after a request's headers that is `max_header_size`, which Tornado never clears, and
   FormForge's is 2 MiB (`fronts/oversized.py`). So a busy connection read up to 2 MiB of its
-  body ahead. `forget_header_bound` clears it as soon as the headers are in.
+  body ahead. `between_bodies` clears it as soon as the headers are in.
 - Each read is `read_chunk_size` bytes, 1 MiB for bodies (`app.CHUNK_SIZE`: fewer, larger
   pieces cost less CPU per byte). Between bodies (reading headers, waiting for a lock,
   answering) the connection reads `BETWEEN_BODIES_READ_SIZE` at a time instead: enough for
