@@ -15,7 +15,17 @@ from typing import Annotated, Any, Literal
 
 from formforge.auth import read_token_file
 from formforge.config_file import UnreadableFile, read_sections
-from formforge.config_values import Before, Bounds, Finite, Invalid, MinLength, Pattern, build
+from formforge.config_values import (
+    Before,
+    Bounds,
+    Finite,
+    Invalid,
+    MinLength,
+    Pattern,
+    build,
+    convert,
+    hints_of,
+)
 from formforge.logs import LogFormat
 from formforge.runtime.event_loop import EventLoopChoice, uvloop_installed
 
@@ -188,24 +198,12 @@ class FileSettings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def __post_init__(self) -> None:
+        hints = hints_of(FileSettings)
         for section in fields(FileSettings):
             given = getattr(self, section.name)
             if isinstance(given, Mapping):
-                checked: object = build(_SECTION_TYPES[section.name], given, (section.name,))
+                checked = convert(hints[section.name], given, (section.name,))
                 object.__setattr__(self, section.name, checked)
-
-
-_SECTION_TYPES: dict[str, type] = {
-    "server": ServerSettings,
-    "storage": StorageSettings,
-    "limits": LimitsSettings,
-    "expiration": ExpirationSettings,
-    "checksum": ChecksumSettings,
-    "events": EventsSettings,
-    "hooks": HooksSettings,
-    "auth": AuthSettings,
-    "cluster": ClusterSettings,
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,15 +220,18 @@ class Settings(FileSettings):
     def from_mapping(cls, data: Mapping[str, object]) -> Settings:
         """Settings from a mapping of sections, as a config file gives them; raises
         `ConfigError` for anything unusable, as `load_settings` does."""
-        try:
-            sections = build(FileSettings, data)
-        except Invalid as error:
-            raise _config_error(error, None, {}) from None
-        return cls(**_sections_of(sections))
+        return cls(**_checked_sections(data, None, {}))
 
 
-def _sections_of(settings: FileSettings) -> dict[str, Any]:
-    return {section.name: getattr(settings, section.name) for section in fields(FileSettings)}
+def _checked_sections(
+    data: Mapping[str, object], file_source: str | None, origins: Mapping[str, str]
+) -> dict[str, Any]:
+    """The sections of `data`, each checked; `ConfigError` names where a bad value came from."""
+    try:
+        sections = build(FileSettings, data)
+    except Invalid as error:
+        raise _config_error(error, file_source, origins) from None
+    return {section.name: getattr(sections, section.name) for section in fields(FileSettings)}
 
 
 # --- checks that need more than one field -----------------------------------------------
@@ -369,10 +370,7 @@ def load_settings(
     file_source = str(path) if path else None
     data = _read_config_file(path) if path else {}
     origins = _apply_overrides(data, environ, overrides)
-    try:
-        sections = build(FileSettings, data)
-    except Invalid as error:
-        raise _config_error(error, file_source, origins) from None
-    _check_tokens(sections.auth.bearer_tokens, file_source)
-    _check_event_loop(sections.server.event_loop, file_source)  # set in the file only
-    return Settings(**_sections_of(sections), config_file=path)
+    sections = _checked_sections(data, file_source, origins)
+    _check_tokens(sections["auth"].bearer_tokens, file_source)
+    _check_event_loop(sections["server"].event_loop, file_source)  # set in the file only
+    return Settings(**sections, config_file=path)

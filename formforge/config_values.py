@@ -83,7 +83,7 @@ def build(cls: type[T], data: object, loc: Loc = ()) -> T:
     """An instance of the dataclass `cls` from a mapping of its fields, every value checked."""
     if not isinstance(data, Mapping):
         raise Invalid("Input should be a mapping", loc)
-    hints = _hints(cls)  # type: ignore[arg-type]  # a class is hashable
+    hints = hints_of(cls)  # type: ignore[arg-type]  # a class is hashable
     for key in data:
         if key not in hints:
             raise Invalid("unknown key", (*loc, key))
@@ -175,7 +175,8 @@ def _scalar(hint: Any, value: object) -> Any:
 
 
 @functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
+def hints_of(cls: Any) -> dict[str, Any]:
+    """The dataclass's fields and their types, `Annotated` checks included."""
     return get_type_hints(cls, include_extras=True)
 
 

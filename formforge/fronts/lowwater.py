@@ -37,6 +37,8 @@ import time
 
 from tornado.iostream import IOStream
 
+from formforge.fronts import readahead
+
 LOWAT_SECONDS = 1.0  # about one read a second per slow body
 MIN_MARK = 1024  # below this the saving is small and the wait per read long
 MAX_MARK = 64 * 1024  # faster bodies wake less than once per 64 KiB anyway
@@ -67,7 +69,7 @@ class LowWaterMark:
             self._first_at = now
         else:
             self._since_first += size
-        self._stream.read_chunk_size = read_size_for(size, self._max_read_size)
+        readahead.for_body(self._stream, read_size_for(size, self._max_read_size))
         self._set_mark(self._next_mark(now))
 
     def release(self) -> None:

@@ -36,5 +36,6 @@ def between_bodies(stream: IOStream) -> None:
 
 
 def for_body(stream: IOStream, read_size: int) -> None:
-    """A body streams now: read it `read_size` bytes at a time."""
+    """A body streams now: read it `read_size` bytes at a time (a slow body's low-water mark
+    sets this after each piece, `fronts/lowwater.py`)."""
     stream.read_chunk_size = read_size

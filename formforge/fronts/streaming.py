@@ -49,14 +49,15 @@ class StreamingWriteHandler(FrontHandler):
         connection = self.connection()
         connection.set_max_body_size(max_body)
         readahead.for_body(connection.stream, connection.params.chunk_size)
-        body.receiver = self.low_water = self._low_water_mark(request.content_length)
+        body.receiver = self.low_water = self._low_water_mark(connection, request.content_length)
 
-    def _low_water_mark(self, length: int | None) -> LowWaterMark | None:
+    def _low_water_mark(
+        self, connection: HTTP1Connection, length: int | None
+    ) -> LowWaterMark | None:
         """Only for a body of known length (the front parsed it; a chunked one's end cannot
         be foreseen), and only with `server.receive_low_water` on."""
         if length is None or not self.application.settings.get("receive_low_water"):
             return None
-        connection = self.connection()
         return LowWaterMark(connection.stream, length, connection.params.chunk_size)
 
     async def finish_body_write(self) -> UploadInfo | None:

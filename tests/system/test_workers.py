@@ -65,6 +65,17 @@ def process_states(server: Any) -> str:
     return "\n".join(lines)
 
 
+def terminate_or_say_where(server: Any, what: str, timeout: float = 10.0) -> int:
+    """SIGTERM to the supervisor and its exit status; if it does not exit in time (CI saw
+    that), the test fails saying what state every process was in."""
+    try:
+        return int(server.terminate(timeout))
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"{what}: the supervisor did not exit\n{process_states(server)}\n{server.log_tail()}"
+        )
+
+
 def worker_pids(server: Any) -> set[int]:
     parent = server.proc.pid
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
@@ -168,11 +179,7 @@ def test_sigterm_as_workers_start_still_stops_them_all(start_server: Any, tmp_pa
     stopped; the window is small, so the test makes many rounds.)"""
     for attempt in range(12):
         server = start_server(args=["--workers", "2"], data_dir=tmp_path / f"data{attempt}")
-        try:
-            status = server.terminate()
-        except subprocess.TimeoutExpired:  # about 1 run in 10 here: say where everything was
-            states = process_states(server)
-            pytest.fail(f"round {attempt}: no exit\n{states}\n{server.log_tail()}")
+        status = terminate_or_say_where(server, f"round {attempt}")
         assert status == 0, f"round {attempt}\n{server.log_tail()}"
 
 
@@ -184,10 +191,7 @@ def test_a_worker_that_does_not_stop_is_killed_and_the_server_still_exits_0(
     server = start_server(args=["--workers", "2"])
     frozen = min(worker_pids(server))
     os.kill(frozen, signal.SIGSTOP)
-    try:
-        status = server.terminate(timeout=30)
-    except subprocess.TimeoutExpired:  # CI saw this once: say where everything was
-        pytest.fail(f"the supervisor did not exit\n{process_states(server)}\n{server.log_tail()}")
+    status = terminate_or_say_where(server, "a frozen worker", timeout=30)
     assert status == 0
     deadline = time.monotonic() + 5  # the output thread reads the last lines after the exit
     while not any(f"killed pid={frozen}" in line for line in server.output):
