@@ -7,11 +7,12 @@ import contextlib
 import logging
 import socket
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from formforge.app import FormForge, Role
 from formforge.config import Settings
+from formforge.http1.connection import Http1Params
+from formforge.http1.listener import Http1Listener
 from formforge.realtime.client_errors import quiet_client_errors
 from formforge.runtime.event_loop import loop_name
 from formforge.runtime.listening import backlog_for
@@ -41,27 +42,28 @@ class Server:
         self.sockets = sockets
         self.role = role or Role()
         self.app: FormForge | None = None
-        self._http: HTTPServer | None = None
+        self._http: Http1Listener | None = None
         self._memory_releaser: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         """Recover the store, bind, and return the URL clients use."""
         server = self.settings.server
         # Bind first: a taken port starts nothing.
-        sockets = self.sockets or bind_sockets(
-            server.port, server.host, backlog=backlog_for(server.backlog)
-        )
+        backlog = backlog_for(server.backlog)
+        sockets = self.sockets or bind_sockets(server.port, server.host, backlog=backlog)
         url = listening_url(server.host, sockets)
         self.app = FormForge(self.settings, role=self.role)
         await self.app.start(url)
-        self._http = HTTPServer(
-            self.app.application,
+        options = self.app.http_options
+        params = Http1Params(
+            max_header_size=options["max_header_size"],
             max_body_size=DEFAULT_MAX_BODY,
-            idle_connection_timeout=server.idle_timeout_seconds,
-            **self.app.http_options,
+            chunk_size=options["chunk_size"],
+            idle_timeout=server.idle_timeout_seconds,
         )
+        self._http = Http1Listener(self.app.application, params, backlog)
         asyncio.get_running_loop().set_exception_handler(quiet_client_errors)
-        self._http.add_sockets(sockets)
+        await self._http.add_sockets(sockets)
         service = self.app.service
         self._memory_releaser = asyncio.create_task(
             release_memory_when_idle(lambda: service.writes_started, lambda: service.writing)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import Rule
 from tornado.web import Application, RequestHandler, _HandlerDelegate, stream_request_body
 
 from formforge.auth import TokenCheck
 from formforge.core.errors import ErrorKind
-from formforge.fronts import readahead
+from formforge.fronts.connection import connection_of
 from formforge.fronts.request_id import EchoRequestId, assign_request_id
 from formforge.wire import error_body
 
@@ -27,8 +26,7 @@ class GuardedApplication(Application):
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
         assign_request_id(request)  # first: a refused request has an id too
         # Right after the header read, before the loop runs again (`fronts/readahead.py`).
-        if isinstance(request.connection, HTTP1Connection):
-            readahead.between_bodies(request.connection.stream)
+        connection_of(request).between_bodies()
         # Routing first (it runs nothing): a handler that checks a token of its own (a
         # hook's progress URL) needs no bearer token.
         delegate = super().find_handler(request, **kwargs)

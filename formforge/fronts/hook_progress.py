@@ -12,11 +12,11 @@ import json
 import logging
 from types import TracebackType
 
-from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.hooks import HookProgress
+from formforge.fronts.connection import connection_of
 from formforge.fronts.rest import RestFront
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,7 @@ class HookProgressHandler(RestFront):
     def prepare(self) -> None:
         self.body_bytes = bytearray()
         self.too_big = False
-        connection = self.request.connection
-        if isinstance(connection, HTTP1Connection):
-            connection.set_max_body_size(DRAIN_LIMIT)
+        connection_of(self.request).set_max_body_size(DRAIN_LIMIT)
 
     def data_received(self, chunk: bytes) -> None:
         if self.too_big or len(self.body_bytes) + len(chunk) > MAX_REPORT_BYTES:

@@ -34,10 +34,10 @@ import socket
 import struct
 import termios
 import time
+from typing import TYPE_CHECKING
 
-from tornado.iostream import IOStream
-
-from formforge.fronts import readahead
+if TYPE_CHECKING:
+    from formforge.fronts.connection import BodyConnection
 
 LOWAT_SECONDS = 1.0  # about one read a second per slow body
 MIN_MARK = 1024  # below this the saving is small and the wait per read long
@@ -52,9 +52,9 @@ TCP_INFO_BYTES = 104
 class LowWaterMark:
     """One streamed request body on one connection (`length` bytes, from Content-Length)."""
 
-    def __init__(self, stream: IOStream, length: int, max_read_size: int) -> None:
-        self._stream = stream
-        self._socket = stream.socket
+    def __init__(self, connection: BodyConnection, length: int, max_read_size: int) -> None:
+        self._connection = connection
+        self._socket = connection.raw_socket()
         self._left = length
         self._max_read_size = max_read_size
         self._mark = 1
@@ -69,7 +69,7 @@ class LowWaterMark:
             self._first_at = now
         else:
             self._since_first += size
-        readahead.for_body(self._stream, read_size_for(size, self._max_read_size))
+        self._connection.read_body_in(read_size_for(size, self._max_read_size))
         self._set_mark(self._next_mark(now))
 
     def release(self) -> None:
@@ -93,14 +93,11 @@ class LowWaterMark:
 
     def unread(self) -> bytes:
         """The body's bytes waiting in the kernel, taken without waiting for the mark. Only
-        while Tornado waits for the socket: then its own buffer is empty and these bytes
-        come next."""
-        if self._left <= 0 or self._mark <= 1 or not self._stream.reading():
+        while the connection waits for the socket: then everything read before was handed
+        over and these bytes come next."""
+        if self._left <= 0 or self._mark <= 1:
             return b""
-        try:
-            data = self._socket.recv(min(self._left, MAX_MARK), socket.MSG_DONTWAIT)
-        except OSError:  # nothing there, or the connection is gone
-            return b""
+        data = self._connection.receive_waiting(min(self._left, MAX_MARK))
         self._left -= len(data)
         return data
 

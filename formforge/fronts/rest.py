@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 
-from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from formforge.core.errors import ErrorKind, UploadError
@@ -17,6 +16,7 @@ from formforge.core.metadata import is_text
 from formforge.core.model import UploadInfo
 from formforge.core.write_request import WriteRequest
 from formforge.fronts.base import FrontHandler
+from formforge.fronts.connection import connection_of
 from formforge.fronts.streaming import StreamingWriteHandler
 from formforge.wire import error_body, iso, status_payload
 
@@ -52,10 +52,8 @@ class RestCreateHandler(RestFront):
     def prepare(self) -> None:
         self.document = bytearray()
         self.too_big = False
-        connection = self.request.connection
-        assert isinstance(connection, HTTP1Connection)
         # Read (and drop) a body up to this size, so its sender gets the 413 and no reset.
-        connection.set_max_body_size(DRAIN_LIMIT)
+        connection_of(self.request).set_max_body_size(DRAIN_LIMIT)
 
     def data_received(self, chunk: bytes) -> None:
         if self.too_big or len(self.document) + len(chunk) > MAX_JSON_BYTES:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado.http1connection import HTTP1Connection
-
 from formforge.core.body import BodyEnd, BodyStream
 from formforge.core.model import UploadInfo
 from formforge.core.write_request import WriteRequest
-from formforge.fronts import readahead
 from formforge.fronts.base import FrontHandler
+from formforge.fronts.connection import BodyConnection, connection_of
 from formforge.fronts.lowwater import LowWaterMark
 
 
@@ -23,6 +21,7 @@ class StreamingWriteHandler(FrontHandler):
     low_water: LowWaterMark | None = None
     write_task: asyncio.Task[UploadInfo] | None = None
     prepared = False
+    _connection: BodyConnection | None = None
 
     async def prepare(self) -> None:
         # Until a write starts, Tornado's default would call a big refused body malformed.
@@ -48,17 +47,17 @@ class StreamingWriteHandler(FrontHandler):
         self.write_task.add_done_callback(lambda _: self._record_throughput(body))
         connection = self.connection()
         connection.set_max_body_size(max_body)
-        readahead.for_body(connection.stream, connection.params.chunk_size)
+        connection.read_body_in(connection.chunk_size)
         body.receiver = self.low_water = self._low_water_mark(connection, request.content_length)
 
     def _low_water_mark(
-        self, connection: HTTP1Connection, length: int | None
+        self, connection: BodyConnection, length: int | None
     ) -> LowWaterMark | None:
         """Only for a body of known length (the front parsed it; a chunked one's end cannot
         be foreseen), and only with `server.receive_low_water` on."""
         if length is None or not self.application.settings.get("receive_low_water"):
             return None
-        return LowWaterMark(connection.stream, length, connection.params.chunk_size)
+        return LowWaterMark(connection, length, connection.chunk_size)
 
     async def finish_body_write(self) -> UploadInfo | None:
         """The body is complete: wait until it is stored (and durable). None if none was sent."""
@@ -88,7 +87,7 @@ class StreamingWriteHandler(FrontHandler):
         if self.low_water is not None:
             self.low_water.release()
         if self.body is not None:
-            readahead.between_bodies(self.connection().stream)
+            self.connection().between_bodies()
         super().on_finish()
 
     def on_connection_close(self) -> None:
@@ -100,7 +99,7 @@ class StreamingWriteHandler(FrontHandler):
         """A stalled body, or a newer request took over: nothing more to read here."""
         self.connection().close()
 
-    def connection(self) -> HTTP1Connection:
-        connection = self.request.connection
-        assert isinstance(connection, HTTP1Connection)  # the only kind HTTPServer makes
-        return connection
+    def connection(self) -> BodyConnection:
+        if self._connection is None:
+            self._connection = connection_of(self.request)
+        return self._connection

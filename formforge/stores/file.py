@@ -42,12 +42,15 @@ _T = TypeVar("_T")
 
 READ_CHUNK = 1024 * 1024
 # Handing work to a thread costs about 125 us here, more than stat-ing and reading a small
-# info file or copying 64 KiB into the page cache, and each hand-back waits for the GIL:
-# such work runs on the event loop. A bigger write goes to a thread only while other
-# uploads are streaming too, so the loop serves their sockets meanwhile; a lone upload has
-# nothing to overlap with (1 GiB in 8 MiB PATCHes: ~950 MiB/s through threads, ~1,500
-# inline). fdatasync always goes to a thread (docs/benchmarks.md).
-INLINE_WRITE_MAX = 64 * 1024
+# info file or copying a read's worth (256 KiB, what `formforge serve` hands over at most)
+# into the page cache, and each hand-back waits for the GIL: such work runs on the event
+# loop. 200 uploads at once through threads queued a piece per upload for the pool (peak
+# RSS 140-148 MiB, 1.48-1.51 s of CPU; inline 115-119 MiB, 1.19-1.21 s). A bigger write
+# (a host's Tornado hands over 1 MiB) goes to a thread only while other uploads are
+# streaming too, so the loop serves their sockets meanwhile; a lone upload has nothing to
+# overlap with (1 GiB in 8 MiB PATCHes: ~950 MiB/s through threads, ~1,500 inline).
+# fdatasync always goes to a thread (docs/benchmarks.md).
+INLINE_WRITE_MAX = 256 * 1024
 LIST_YIELD_EVERY = 64  # directory entries between two turns of the event loop
 
 

@@ -883,7 +883,8 @@ def test_integer_overflow_in_every_number(
         urlsplit(upload).path.encode(),
         {**TUS, "Upload-Offset": "5", "Content-Type": OCTET, "Content-Length": digits},
     )
-    assert status in ({400} if too_long else {413}), status
+    # The HTTP/1.1 parser counts a body in 64 bits: a longer Content-Length is malformed.
+    assert status in ({400} if too_long or value >= 2**64 else {413}), status
     assert head(http, upload).headers["Upload-Offset"] == "5"
     assert stored(server, upload) == b"ABCDE"
     # Ranges of a finished download at the same boundaries.

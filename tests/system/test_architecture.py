@@ -27,11 +27,13 @@ ALLOWED = {
     "fronts": (
         "formforge.core",
         "formforge.fronts",
+        "formforge.http1",
         "formforge.wire",
         "formforge.auth",
         "formforge.metrics",
         "formforge.logs",
     ),
+    "http1": ("formforge.core.errors", "formforge.http1", "formforge.wire"),
     "client": ("formforge.core.checksum", "formforge.client"),
 }
 EXTRAS = {"redis", "aiobotocore", "botocore", "tusclient", "tqdm", "requests", "uvloop"}

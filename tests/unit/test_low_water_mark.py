@@ -11,9 +11,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
 
 from formforge.fronts import lowwater
+from formforge.fronts.connection import TornadoConnection
 from formforge.fronts.lowwater import LowWaterMark, mark_for_rate
 
 KiB = 1024
@@ -60,7 +62,7 @@ def mark_of(sock: socket.socket) -> int:
 def body_at(clock: Clock, sock: socket.socket, rate: int, length: int = 10 * MiB) -> None:
     """A body of `length` bytes arriving at `rate` bytes a second, a piece each 1/4 s, for
     2 s: long enough for its rate to be measured."""
-    mark = LowWaterMark(IOStream(sock), length, MiB)
+    mark = LowWaterMark(on_tornado(sock), length, MiB)
     for _ in range(8):
         mark.after_chunk(rate // 4)
         clock.now += 0.25
@@ -115,7 +117,7 @@ async def test_a_read_worth_waiting_in_the_kernel_is_never_silence(
     """A server that fell behind (its loop stalled) has not read what arrived: that client
     is not stalled, however long ago its bytes came. Once they are read, silence counts."""
     server, client = connection
-    mark = LowWaterMark(IOStream(server), 10 * MiB, MiB)
+    mark = LowWaterMark(on_tornado(server), 10 * MiB, MiB)
     client.sendall(b"x" * 1000)
     await asyncio.sleep(0.3)
     assert lowwater.waiting_bytes(server) == 1000
@@ -131,7 +133,7 @@ async def test_a_trickle_below_the_mark_that_stops_is_silence(
     """Bytes under the mark are not read until more come: if none do, the client has
     stalled, and the idle time-out must still see it."""
     server, client = connection
-    mark = LowWaterMark(IOStream(server), 10 * MiB, MiB)
+    mark = LowWaterMark(on_tornado(server), 10 * MiB, MiB)
     for _ in range(8):  # 32 KiB/s: the mark is 32 KiB
         mark.after_chunk(8 * KiB)
         clock.now += 0.25
@@ -139,3 +141,8 @@ async def test_a_trickle_below_the_mark_that_stops_is_silence(
     client.sendall(b"x" * 1000)
     await asyncio.sleep(0.3)
     assert mark.quiet_seconds() >= 0.25
+
+
+def on_tornado(sock: socket.socket) -> TornadoConnection:
+    """The socket as Tornado's server connection has it."""
+    return TornadoConnection(HTTP1Connection(IOStream(sock), is_client=False))

@@ -108,7 +108,7 @@ class IetfHandler(StreamingWriteHandler):
             versions = ", ".join(map(str, INTEROP))
             raise UploadError(ErrorKind.BAD_REQUEST, f"{VERSION_FIELD} must be one of {versions}")
         if self.variant.version is not None and self.request.version == "HTTP/1.1":
-            self.interim = InterimResponses(self.connection().stream, self.variant.version)
+            self.interim = InterimResponses(self.connection(), self.variant.version)
         if not upload_id and method in CREATION_METHODS:
             await self._start_creation()
         elif upload_id and method == "PATCH":

@@ -1,11 +1,11 @@
 """`104 (Upload Resumption Supported)` interim responses, written raw on the connection.
 
 Tornado has no API for 1xx responses, so `InterimResponses` writes them as bytes on the
-connection's IOStream (`HTTP1Connection.stream`):
+connection, outside the answer's framing (`BodyConnection.write_raw`):
 
 - only to HTTP/1.1 requests of a known interop version (1xx must not go to HTTP/1.0, and the
   draft forbids 104 for a missing or other version); each carries the client's version;
-- never interleaved with the final response. IOStream writes go out in the order they are
+- never interleaved with the final response. Writes go out in the order they are
   queued and each 104 is one synchronous `write`, so the one rule is that no 104 may be
   queued after the final response's status line: the handler closes the gate (`close`)
   before any final response is written.
@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from tornado.iostream import IOStream, StreamClosedError
-
 from formforge.core.events import Event, UploadProgress
+from formforge.fronts.connection import BodyConnection
 
 VERSION_FIELD = "Upload-Draft-Interop-Version"
 INTERIM_STATUS_LINE = "HTTP/1.1 104 Upload Resumption Supported"
@@ -33,8 +32,8 @@ ProgressListener = Callable[[UploadProgress], None]
 class InterimResponses:
     """The 104s of one HTTP/1.1 request, until its final response starts (`close`)."""
 
-    def __init__(self, stream: IOStream, version: int) -> None:
-        self._stream = stream
+    def __init__(self, connection: BodyConnection, version: int) -> None:
+        self._connection = connection
         self._version = version
         self._open = True
         self._on_close: list[Callable[[], None]] = []
@@ -42,7 +41,7 @@ class InterimResponses:
 
     @property
     def open(self) -> bool:
-        return self._open and not self._stream.closed()
+        return self._open and not self._connection.closed()
 
     def send(self, fields: Mapping[str, str]) -> bool:
         """Queue one interim response; False once closed (nothing is sent then)."""
@@ -52,9 +51,7 @@ class InterimResponses:
             raise ValueError("a field value of an interim response spans lines")
         lines = [INTERIM_STATUS_LINE, f"{VERSION_FIELD}: {self._version}"]
         lines += [f"{name}: {value}" for name, value in fields.items()]
-        try:
-            self._stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        except StreamClosedError:
+        if not self._connection.write_raw(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")):
             self._open = False
             return False
         self.sent += 1
