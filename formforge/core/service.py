@@ -328,6 +328,7 @@ class UploadService:
                 checksum.update(chunk)
             yield chunk
             offset += len(chunk)  # the store has written the chunk once it asks for more
+            del chunk  # not kept while the next one is awaited (a second, for a slow body)
             # Checksummed bytes are provisional: only the end of the request reports them.
             if checksum is None and throttle.due(time.monotonic()):
                 self._publish_progress(info.id, offset, limit, offset - info.offset, start)

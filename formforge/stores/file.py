@@ -200,6 +200,8 @@ class FileStore(Store):
                 else:
                     await _in_thread(_write_chunk, fd, chunk, end, self.fsync)
                 end += len(chunk)
+                # A slow body's next piece is a second away: its last one is not kept meanwhile.
+                del chunk
         finally:
             self._streaming -= 1
             # Runs on a cut body, a cancelled task and an error alike: what arrived stays.
