@@ -1,11 +1,11 @@
 """What the fronts need of the connection a request came on, the same for both kinds:
 FormForge's own (`formforge/http1/`, what `formforge serve` runs) and Tornado's
-`HTTP1Connection` (a host application's `HTTPServer`, `docs/embedding.md`)."""
+`HTTP1Connection` (a host application's `HTTPServer`: README, "In your own Tornado app")."""
 
 from __future__ import annotations
 
+import abc
 import socket
-from typing import Any, Protocol
 
 from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPServerRequest
@@ -15,35 +15,47 @@ from formforge.fronts import readahead
 from formforge.http1.connection import Http1Connection
 
 
-class BodyConnection(Protocol):
+class BodyConnection(abc.ABC):
+    chunk_size: int  # the largest piece a body is handed over in
+
+    @abc.abstractmethod
     def set_max_body_size(self, max_body_size: int) -> None: ...
 
+    @abc.abstractmethod
     def close(self) -> None: ...
 
+    @abc.abstractmethod
     def closed(self) -> bool: ...
 
-    def raw_socket(self) -> Any:
+    @abc.abstractmethod
+    def raw_socket(self) -> socket.socket:
         """The connection's socket, for its options (`fronts/lowwater.py`)."""
 
+    @abc.abstractmethod
     def waiting_for_socket(self) -> bool:
         """Every byte read so far is handed over: the next ones are still in the kernel."""
 
-    def receive_waiting(self, limit: int) -> bytes:
-        """Up to `limit` bytes waiting in the kernel, without waiting; only while
-        `waiting_for_socket`."""
-
-    def read_body_in(self, size: int) -> None:
-        """A body streams: read it about `size` bytes at a time."""
-
-    def between_bodies(self) -> None:
-        """The headers are in, or a body is over."""
-
+    @abc.abstractmethod
     def write_raw(self, data: bytes) -> bool:
         """Bytes outside the answer's framing (an interim response); False once closed."""
 
-    @property
-    def chunk_size(self) -> int:
-        """The largest piece a body is handed over in."""
+    def receive_waiting(self, limit: int) -> bytes:
+        """Up to `limit` bytes waiting in the kernel, without waiting; only while
+        `waiting_for_socket` (else they would come before bytes read already)."""
+        if not self.waiting_for_socket():
+            return b""
+        try:
+            return self.raw_socket().recv(limit, socket.MSG_DONTWAIT)
+        except OSError:  # nothing there, or the connection is gone
+            return b""
+
+    @abc.abstractmethod
+    def read_body_in(self, size: int) -> None:
+        """A body streams: read it about `size` bytes at a time."""
+
+    @abc.abstractmethod
+    def between_bodies(self) -> None:
+        """The headers are in, or a body is over."""
 
 
 def connection_of(request: HTTPServerRequest) -> BodyConnection:
@@ -54,7 +66,7 @@ def connection_of(request: HTTPServerRequest) -> BodyConnection:
     return TornadoConnection(connection)
 
 
-class OwnConnection:
+class OwnConnection(BodyConnection):
     """FormForge's connection reads through one shared buffer and holds back at most a read:
     it has no read sizes to set."""
 
@@ -71,35 +83,23 @@ class OwnConnection:
     def closed(self) -> bool:
         return self._connection.closed()
 
-    def raw_socket(self) -> Any:
+    def raw_socket(self) -> socket.socket:
         return self._connection.raw_socket()
 
     def waiting_for_socket(self) -> bool:
         return self._connection.waiting_for_socket()
 
-    def receive_waiting(self, limit: int) -> bytes:
-        if not self.waiting_for_socket():
-            return b""
-        # The transport's socket object cannot recv: a second object over the descriptor can.
-        sock = socket.socket(fileno=self.raw_socket().fileno())
-        try:
-            return sock.recv(limit, socket.MSG_DONTWAIT)
-        except OSError:
-            return b""
-        finally:
-            sock.detach()  # the transport owns the descriptor
+    def write_raw(self, data: bytes) -> bool:
+        return self._connection.write_raw(data)
 
     def read_body_in(self, size: int) -> None:
-        pass
+        pass  # each read is what the kernel has, up to the loop's one shared buffer
 
     def between_bodies(self) -> None:
         pass
 
-    def write_raw(self, data: bytes) -> bool:
-        return self._connection.write_raw(data)
 
-
-class TornadoConnection:
+class TornadoConnection(BodyConnection):
     def __init__(self, connection: HTTP1Connection) -> None:
         self._connection = connection
         self.chunk_size = connection.params.chunk_size
@@ -114,20 +114,12 @@ class TornadoConnection:
         stream = self._connection.stream
         return stream is None or stream.closed()
 
-    def raw_socket(self) -> Any:
+    def raw_socket(self) -> socket.socket:
         return self._connection.stream.socket
 
     def waiting_for_socket(self) -> bool:
         # Tornado's buffer is empty while it waits for the socket.
         return bool(self._connection.stream.reading())
-
-    def receive_waiting(self, limit: int) -> bytes:
-        if not self.waiting_for_socket():
-            return b""
-        try:
-            return bytes(self._connection.stream.socket.recv(limit, socket.MSG_DONTWAIT))
-        except OSError:
-            return b""
 
     def read_body_in(self, size: int) -> None:
         readahead.for_body(self._connection.stream, size)
