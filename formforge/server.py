@@ -11,8 +11,8 @@ from tornado.netutil import bind_sockets
 
 from formforge.app import FormForge, Role
 from formforge.config import Settings
-from formforge.http1.connection import Http1Params
 from formforge.http1.listener import Http1Listener
+from formforge.http1.params import Http1Params
 from formforge.realtime.client_errors import quiet_client_errors
 from formforge.runtime.event_loop import loop_name
 from formforge.runtime.listening import backlog_for

@@ -21,13 +21,13 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from tornado import httputil
 from tornado.iostream import IOStream, StreamClosedError
 
 from formforge.http1.message import BadRequest, Message, RequestContext, bad_request
+from formforge.http1.params import ConnectionSet
 from formforge.http1.reader import RequestReader
 
 app_log = logging.getLogger("tornado.application")
@@ -35,25 +35,6 @@ gen_log = logging.getLogger("tornado.general")
 
 QUEUED_BYTES_LIMIT = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Http1Params:
-    max_header_size: int
-    max_body_size: int
-    chunk_size: int  # the largest piece a body is handed over in
-    idle_timeout: float | None  # waiting for a request's headers
-
-
-class ConnectionSet(Protocol):
-    """What a connection needs of its listener."""
-
-    params: Http1Params
-    delegate: httputil.HTTPServerConnectionDelegate
-
-    def opened(self, connection: Http1Connection) -> None: ...
-
-    def closed(self, connection: Http1Connection) -> None: ...
 
 
 class Http1Connection(asyncio.Protocol, httputil.HTTPConnection):

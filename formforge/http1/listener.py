@@ -7,7 +7,8 @@ import socket
 
 from tornado import httputil
 
-from formforge.http1.connection import Http1Connection, Http1Params
+from formforge.http1.connection import Http1Connection
+from formforge.http1.params import Http1Params
 
 
 class Http1Listener:

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 from tornado import web
 
-from formforge.http1.connection import QUEUED_BYTES_LIMIT, Http1Params
+from formforge.http1.connection import QUEUED_BYTES_LIMIT
 from formforge.http1.listener import Http1Listener
+from formforge.http1.params import Http1Params
 
 pytestmark = pytest.mark.unit
 
