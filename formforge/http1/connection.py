@@ -37,7 +37,7 @@ QUEUED_BYTES_LIMIT = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 
 
-class Http1Connection(asyncio.Protocol, httputil.HTTPConnection):
+class Http1Connection(asyncio.BufferedProtocol, httputil.HTTPConnection):
     def __init__(self, listener: ConnectionSet) -> None:
         self._listener = listener
         self.params = listener.params
@@ -65,7 +65,13 @@ class Http1Connection(asyncio.Protocol, httputil.HTTPConnection):
         self._listener.opened(self)
         self._start_idle_timer()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._listener.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._listener.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             self._reader.feed(data)
         except BadRequest as error:

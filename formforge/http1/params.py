@@ -24,6 +24,7 @@ class ConnectionSet(Protocol):
 
     params: Http1Params
     delegate: httputil.HTTPServerConnectionDelegate
+    read_buffer: memoryview  # where every connection reads into
 
     def opened(self, connection: Http1Connection) -> None: ...
 

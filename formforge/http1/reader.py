@@ -30,15 +30,15 @@ class RequestReader:
         self._headers = httputil.HTTPHeaders()
         self._header_bytes = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Parse `data`; BadRequest if it is not HTTP/1.1 or a header block is too large."""
         if self.upgrade_tail is not None:
-            self.upgrade_tail += data
+            self.upgrade_tail += bytes(data)
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self.upgrade_tail = data[upgrade.args[0] :]
+            self.upgrade_tail = bytes(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as error:
             raise (error.__context__ or BadRequest(str(error))) from None
         except httptools.HttpParserError as error:

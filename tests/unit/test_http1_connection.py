@@ -13,7 +13,7 @@ import pytest
 from tornado import web
 
 from formforge.http1.connection import QUEUED_BYTES_LIMIT
-from formforge.http1.listener import Http1Listener
+from formforge.http1.listener import MAX_READ, Http1Listener
 from formforge.http1.params import Http1Params
 
 pytestmark = pytest.mark.unit
@@ -241,7 +241,7 @@ async def test_a_busy_handler_holds_back_reading_so_the_rest_waits_in_the_kernel
         assert isinstance(pieces, list)
         assert len(pieces) == 1  # the one piece handed over, waiting for the handler
         (connection,) = listener._connections
-        assert connection._reader.queued_bytes < QUEUED_BYTES_LIMIT + 256 * 1024
+        assert connection._reader.queued_bytes < QUEUED_BYTES_LIMIT + MAX_READ
         assert not sender.done()  # the client is held back by TCP: the server stopped reading
         gate = state["gate"]
         assert isinstance(gate, asyncio.Event)
