@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import mmap
 import socket
 
 from tornado import httputil
@@ -32,7 +33,8 @@ class Http1Listener:
         self.delegate = delegate
         self.params = params
         self._backlog = backlog
-        self._buffer = memoryview(bytearray(MAX_READ))
+        # An anonymous map: its pages cost memory only once a read that large fills them.
+        self._buffer = memoryview(mmap.mmap(-1, MAX_READ))
         self.read_buffer = self._buffer  # what the next read may fill: see `_size_reads`
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[Http1Connection] = set()
