@@ -64,7 +64,8 @@ class LowWaterMark:
         self._half_window_seen = 1
 
     def after_chunk(self, size: int) -> None:
-        """Tornado handed over `size` more bytes of the body: set the mark for the next read."""
+        """The connection handed over `size` more bytes of the body: set the mark for the next
+        read."""
         self._left -= size
         now = time.monotonic()
         if self._first_at is None:
