@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import abc
 import socket
+from typing import Protocol
 
 from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPServerRequest
@@ -15,14 +16,24 @@ from formforge.fronts import readahead
 from formforge.http1.connection import Http1Connection
 
 
-class BodyConnection(abc.ABC):
-    chunk_size: int  # the largest piece a body is handed over in
+class _Wire(Protocol):
+    """What both kinds of connection have under the same names."""
 
-    @abc.abstractmethod
     def set_max_body_size(self, max_body_size: int) -> None: ...
 
-    @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class BodyConnection(abc.ABC):
+    def __init__(self, wire: _Wire, chunk_size: int) -> None:
+        self._wire = wire
+        self.chunk_size = chunk_size  # the largest piece a body is handed over in
+
+    def set_max_body_size(self, max_body_size: int) -> None:
+        self._wire.set_max_body_size(max_body_size)
+
+    def close(self) -> None:
+        self._wire.close()
 
     @abc.abstractmethod
     def closed(self) -> bool: ...
@@ -71,14 +82,8 @@ class OwnConnection(BodyConnection):
     it has no read sizes to set."""
 
     def __init__(self, connection: Http1Connection) -> None:
+        super().__init__(connection, connection.params.chunk_size)
         self._connection = connection
-        self.chunk_size = connection.params.chunk_size
-
-    def set_max_body_size(self, max_body_size: int) -> None:
-        self._connection.set_max_body_size(max_body_size)
-
-    def close(self) -> None:
-        self._connection.close()
 
     def closed(self) -> bool:
         return self._connection.closed()
@@ -101,14 +106,8 @@ class OwnConnection(BodyConnection):
 
 class TornadoConnection(BodyConnection):
     def __init__(self, connection: HTTP1Connection) -> None:
+        super().__init__(connection, connection.params.chunk_size)
         self._connection = connection
-        self.chunk_size = connection.params.chunk_size
-
-    def set_max_body_size(self, max_body_size: int) -> None:
-        self._connection.set_max_body_size(max_body_size)
-
-    def close(self) -> None:
-        self._connection.close()
 
     def closed(self) -> bool:
         stream = self._connection.stream

@@ -122,6 +122,9 @@ class Http1Connection(asyncio.BufferedProtocol, httputil.HTTPConnection):
 
     def _pump_events(self) -> None:
         while self._reader.events and not self._waiting and not self._closed:
+            if self._reader.events[0][0] == "headers" and self._message is not None:
+                self._waiting = True  # the previous answer is not finished: wait for it
+                return
             event = self._reader.next_event()
             try:
                 if event[0] == "headers":
@@ -152,10 +155,6 @@ class Http1Connection(asyncio.BufferedProtocol, httputil.HTTPConnection):
     def _start_message(
         self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders, keep_alive: bool
     ) -> None:
-        if self._message is not None:  # the previous answer is not finished: wait for it
-            self._reader.put_back(("headers", start_line, headers, keep_alive))
-            self._waiting = True
-            return
         self._cancel_idle_timer()
         delegate = self._listener.delegate.start_request(self, self)
         message = self._message = Message(
@@ -308,7 +307,8 @@ class Http1Connection(asyncio.BufferedProtocol, httputil.HTTPConnection):
         message = self._message
         if message is None or self._closed:
             return
-        self._write(self._framed(message.end))
+        if end := self._framed(message.end):  # the last chunk of a chunked answer
+            self._write(end)
         if message.disconnect_on_finish or message.read_finished:
             self._finish_message(message)
 

@@ -50,11 +50,6 @@ class RequestReader:
             self.queued_bytes -= len(event[1])
         return event
 
-    def put_back(self, event: tuple[Any, ...]) -> None:
-        self.events.appendleft(event)
-        if event[0] == "body":
-            self.queued_bytes += len(event[1])
-
     def clear(self) -> None:
         self.events.clear()
         self.queued_bytes = 0

@@ -90,14 +90,12 @@ async def serving() -> AsyncIterator[tuple[int, dict[str, object], Http1Listener
         await asyncio.wait_for(listener.close_all_connections(), 5)
 
 
-async def exchange(port: int, data: bytes, *, until_close: bool = True) -> bytes:
+async def exchange(port: int, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     await writer.drain()
     try:
-        if until_close:
-            return await asyncio.wait_for(reader.read(), 5)
-        return await asyncio.wait_for(reader.read(65536), 5)
+        return await asyncio.wait_for(reader.read(), 5)  # to the end: the server closes
     finally:
         writer.close()
 
