@@ -10,10 +10,11 @@
 import { parseArgs } from 'node:util'
 import { io } from 'socket.io-client'
 
-const USAGE = `usage: node watch-upload.mjs --url SERVER_URL --upload-id ID [--timeout-ms N]
+const USAGE = `usage: node watch-upload.mjs --url SERVER_URL --upload-id=ID [--timeout-ms N]
 
   --url URL          the server, e.g. http://127.0.0.1:3000 (Socket.IO at /socket.io/)
-  --upload-id ID     the upload to watch (the last path segment of its tus URL)
+  --upload-id=ID     the upload to watch (the last path segment of its tus URL;
+                     write it with "=": an id may start with "-")
   --timeout-ms N     give up after N ms without uploadComplete/uploadError (default 30000)
   --help             show this text`
 

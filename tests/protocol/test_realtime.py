@@ -590,7 +590,7 @@ def test_size_and_percent_are_null_until_the_length_is_declared(uploader: Upload
 # ============================================================ 7. invalid joins
 
 
-UNKNOWN_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # 22 chars of [A-Za-z0-9_-], like a real id
+UNKNOWN_ID = "-AAAAAAAAAAAAAAAAAAAAA"  # like a real id; one in 64 starts with "-"
 
 # (label, the positional arguments of the emit). python-socketio sends `None` as *no*
 # argument at all, which is what a client's `emit("joinUploadRoom", ack)` sends too.
@@ -658,8 +658,7 @@ def test_the_node_socket_io_client_watches_a_tus_upload(node: str, server: Any) 
             str(WATCH_JS),
             "--url",
             server.url,
-            "--upload-id",
-            upload_id,
+            f"--upload-id={upload_id}",
             "--timeout-ms",
             "20000",
         ],
@@ -723,8 +722,7 @@ def test_watch_upload_mjs_exits_1_when_it_cannot_connect(node: str) -> None:
             str(WATCH_JS),
             "--url",
             f"http://127.0.0.1:{port}",
-            "--upload-id",
-            UNKNOWN_ID,
+            f"--upload-id={UNKNOWN_ID}",
             "--timeout-ms",
             "5000",
         ],
@@ -745,8 +743,7 @@ def test_watch_upload_mjs_exits_1_on_its_timeout(node: str, server: Any) -> None
             str(WATCH_JS),
             "--url",
             server.url,
-            "--upload-id",
-            upload_id,
+            f"--upload-id={upload_id}",
             "--timeout-ms",
             "1000",
         ],
