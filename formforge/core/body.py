@@ -1,8 +1,8 @@
 """A request body as an async iterator of chunks, fed by a front as bytes arrive.
 
 `feed` returns an awaitable while the consumer has not taken the last chunk: that is the
-backpressure (Tornado stops reading the socket until it resolves), so at most one chunk
-waits here per upload. The iterator ends when the body is complete, the connection is cut,
+backpressure (the front stops reading the socket until it resolves), so at most two chunks
+wait here per upload: one the consumer was already waiting for, and one held back. The iterator ends when the body is complete, the connection is cut,
 the client stalls for `idle_timeout` seconds, or a newer request takes the upload over;
 `end` says which.
 """
@@ -66,7 +66,12 @@ class BodyStream:
             self.first_byte_at = self.last_byte_at
         self.received += len(chunk)
         self._chunks.append(chunk)
+        consumer_waits = self._data_waiter is not None and not self._data_waiter.done()
         self._wake(self._data_waiter)
+        if consumer_waits and self.pace is None:
+            # It takes this chunk at its next step: holding the front back until then cost
+            # a pause and a resume of the socket and two turns of the loop per piece.
+            return None
         self._space_waiter = self._loop.create_future()
         if self.pace is None:
             return self._space_waiter
@@ -115,7 +120,8 @@ class BodyStream:
         # Never earlier than `feed` set it: a paced body's wait for its next read is not
         # silence, and taking the chunk must not undo that.
         self._last_activity = max(self._last_activity, time.monotonic())
-        self._wake(self._space_waiter)
+        if not self._chunks:  # the front may send more once the last chunk is taken
+            self._wake(self._space_waiter)
         return chunk
 
     def discard(self) -> None:

@@ -155,10 +155,11 @@ async def receiving(
 async def feed(body: BodyStream, *chunks: bytes) -> None:
     """Hand chunks over one at a time, each taken by the store before the next (backpressure)."""
     for chunk in chunks:
-        waiter = body.feed(chunk)
-        if waiter is None:
+        if body.end is not None:
             return  # the write stopped reading
-        await waiter
+        waiter = body.feed(chunk)
+        if waiter is not None:  # None: the store was waiting and takes it at its next step
+            await waiter
 
 
 async def send(

@@ -30,6 +30,22 @@ async def test_feed_pushes_back_until_the_consumer_takes_the_chunk() -> None:
 
 
 @pytest.mark.gen_test
+async def test_a_chunk_the_consumer_waits_for_is_not_pushed_back() -> None:
+    stream = body()
+    iterator = aiter(stream)
+    taken = asyncio.ensure_future(anext(iterator))
+    await asyncio.sleep(0)  # the consumer now waits for data
+    assert stream.feed(b"one") is None  # it takes the chunk at its next step
+    waiter = stream.feed(b"two")  # it has not yet: this one is held back
+    assert isinstance(waiter, asyncio.Future)
+    assert not waiter.done()
+    assert await taken == b"one"
+    assert not waiter.done()
+    assert await anext(iterator) == b"two"
+    assert waiter.done()
+
+
+@pytest.mark.gen_test
 async def test_a_cut_body_ends_the_iterator_after_what_arrived() -> None:
     stream = body()
     stream.feed(b"a")
