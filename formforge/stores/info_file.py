@@ -60,8 +60,13 @@ def read_small(path: str) -> bytes:
 
 
 def read_all(fd: int, size_hint: int = 0) -> bytes:
-    """Everything from `fd`'s position on, in one read when `size_hint` is right."""
-    parts = [os.read(fd, max(size_hint, 4096))]
+    """Everything from a regular file's position on, in one read when `size_hint` is about
+    right: a read of a regular file that returns less than asked has reached its end."""
+    asked = max(size_hint + 4096, 4096)  # room for lines appended since the size was taken
+    first = os.read(fd, asked)
+    if len(first) < asked:
+        return first
+    parts = [first]
     while parts[-1]:
         parts.append(os.read(fd, 65536))
     return b"".join(parts)

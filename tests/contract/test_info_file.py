@@ -7,6 +7,7 @@ late writer's line after a tombstone), then read through a fresh store as a rest
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,19 @@ async def test_a_record_written_whole_by_an_earlier_version_still_reads(tmp_path
     await store.update(upload_id, sha256="cd" * 32)
     info = await FileStore(tmp_path).get_info(upload_id)
     assert (info.state, info.sha256) == (UploadState.PROCESSING, "cd" * 32)
+
+
+@pytest.mark.parametrize("size", [0, 10, 4095, 4096, 4097, 10_000, 70_000])
+def test_read_all_reads_the_whole_file_whatever_the_size_hint_said(
+    tmp_path: Path, size: int
+) -> None:
+    # A record grows by appended lines between a reader's fstat and its read.
+    path = tmp_path / "record"
+    content = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    path.write_bytes(content)
+    for hint in (0, 10, size):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert info_file.read_all(fd, hint) == content
+        finally:
+            os.close(fd)
