@@ -5,7 +5,7 @@ headers, pieces of its body, its end) in a queue, and the queue is handed to Tor
 delegate one event at a time, waiting where Tornado's own connection waits (a handler's
 `prepare`, a `data_received` that returns a future, the answer to one request before the next
 one starts). Reading pauses while the queue holds `QUEUED_BYTES_LIMIT` or more, so a busy
-connection keeps at most about one read in memory and the rest waits in the kernel.
+connection keeps at most that and one read in memory and the rest waits in the kernel.
 
 What a client sees is what Tornado's HTTP1Connection does: keep-alive rules, `100 Continue`,
 a 400 and a close for a malformed request or a body over the limit, `Connection: close` when
