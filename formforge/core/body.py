@@ -2,7 +2,7 @@
 
 `feed` returns an awaitable while the consumer has not taken the last chunk: that is the
 backpressure (the front stops reading the socket until it resolves), so at most two chunks
-wait here per upload: one the consumer was already waiting for, and one held back. The iterator ends when the body is complete, the connection is cut,
+wait here per upload: a small one the consumer was already waiting for, and one held back. The iterator ends when the body is complete, the connection is cut,
 the client stalls for `idle_timeout` seconds, or a newer request takes the upload over;
 `end` says which.
 """
@@ -17,6 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from formforge.core.bandwidth import Pace
+
+
+# A chunk up to this size that the consumer already waits for is not pushed back (200
+# uploads reading on while 256 KiB chunks were taken held 25-30 MiB more at their peak).
+UNHELD_CHUNK_MAX = 64 * 1024
 
 
 class BodyEnd(enum.Enum):
@@ -68,9 +73,10 @@ class BodyStream:
         self._chunks.append(chunk)
         consumer_waits = self._data_waiter is not None and not self._data_waiter.done()
         self._wake(self._data_waiter)
-        if consumer_waits and self.pace is None:
+        if consumer_waits and self.pace is None and len(chunk) <= UNHELD_CHUNK_MAX:
             # It takes this chunk at its next step: holding the front back until then cost
-            # a pause and a resume of the socket and two turns of the loop per piece.
+            # a pause and a resume of the socket and two turns of the loop per piece. Only
+            # for small ones: the front reads on meanwhile, so a second chunk may come.
             return None
         self._space_waiter = self._loop.create_future()
         if self.pace is None:

@@ -4,7 +4,7 @@ The parser runs ahead of the application: it turns every read into events (a req
 headers, pieces of its body, its end) in a queue, and the queue is handed to Tornado's
 delegate one event at a time, waiting where Tornado's own connection waits (a handler's
 `prepare`, a `data_received` that returns a future, the answer to one request before the next
-one starts). Reading pauses while the queue holds `QUEUED_BYTES_LIMIT` or more, so a busy
+one starts). Reading pauses while the queue holds more than `QUEUED_BYTES_LIMIT`, so a busy
 connection keeps at most that and one read in memory and the rest waits in the kernel.
 
 What a client sees is what Tornado's HTTP1Connection does: keep-alive rules, `100 Continue`,
@@ -33,9 +33,7 @@ from formforge.http1.reader import RequestReader
 app_log = logging.getLogger("tornado.application")
 gen_log = logging.getLogger("tornado.general")
 
-# Room for a whole 64 KiB PATCH (headers and body) while its handler's `prepare` runs: at
-# 64 KiB, every such request paused and resumed the socket (2 epoll changes per request).
-QUEUED_BYTES_LIMIT = 128 * 1024
+QUEUED_BYTES_LIMIT = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 
 
@@ -144,7 +142,9 @@ class Http1Connection(asyncio.BufferedProtocol, httputil.HTTPConnection):
             return
         full = (
             self._body_waiting
-            or self._reader.queued_bytes >= QUEUED_BYTES_LIMIT
+            # Over, not at: a whole 64 KiB body waiting for its handler's `prepare` paused
+            # and resumed the socket for every such PATCH (2 epoll changes per request).
+            or self._reader.queued_bytes > QUEUED_BYTES_LIMIT
             or self._reader.upgrade_tail is not None
         )
         if full and not self._reading_paused:

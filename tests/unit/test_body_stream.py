@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from formforge.core.body import BodyEnd, BodyStream
+from formforge.core.body import UNHELD_CHUNK_MAX, BodyEnd, BodyStream
 
 
 def body(aborted: list[BodyEnd] | None = None, idle_timeout: float = 60.0) -> BodyStream:
@@ -81,3 +81,15 @@ async def test_as_a_lock_holder_a_body_reports_its_idle_time_and_stops_when_told
         float("inf"),
     )
     assert [chunk async for chunk in stream] == []
+
+
+@pytest.mark.gen_test
+async def test_a_large_chunk_is_pushed_back_even_when_the_consumer_waits() -> None:
+    stream = body()
+    iterator = aiter(stream)
+    taken = asyncio.ensure_future(anext(iterator))
+    await asyncio.sleep(0)
+    waiter = stream.feed(b"x" * (UNHELD_CHUNK_MAX + 1))
+    assert isinstance(waiter, asyncio.Future)
+    assert len(await taken) == UNHELD_CHUNK_MAX + 1
+    assert waiter.done()
