@@ -30,30 +30,40 @@ class RealtimeBridge:
         self._pending: set[asyncio.Task[None]] = set()
 
     def on_event(self, event: Event) -> None:
+        # Payloads are built only for a room someone may be in (most progress has no one).
         match event:
             case UploadProgress(upload_id, offset, size, speed):
                 self._emit(
-                    "uploadProgress", upload_id, progress_payload(upload_id, offset, size, speed)
+                    "uploadProgress",
+                    upload_id,
+                    lambda: progress_payload(upload_id, offset, size, speed),
                 )
             case ProcessingProgress(upload_id, size, done, message):
                 status = ProcessingStatus(done, message)
-                payload = progress_payload(upload_id, size, size, 0.0, status)
-                self._emit("uploadProgress", upload_id, payload)
+                self._emit(
+                    "uploadProgress",
+                    upload_id,
+                    lambda: progress_payload(upload_id, size, size, 0.0, status),
+                )
             case UploadFinished(info):
                 self._emit(
-                    "uploadComplete", info.id, complete_payload(info, self.download_url(info.id))
+                    "uploadComplete",
+                    info.id,
+                    lambda: complete_payload(info, self.download_url(info.id)),
                 )
             case UploadFailed(upload_id, kind, message, offset):
                 self._emit(
-                    "uploadError", upload_id, error_payload(upload_id, kind, message, offset)
+                    "uploadError",
+                    upload_id,
+                    lambda: error_payload(upload_id, kind, message, offset),
                 )
 
-    def _emit(self, name: str, upload_id: str, payload: dict[str, Any]) -> None:
+    def _emit(self, name: str, upload_id: str, payload: Callable[[], dict[str, Any]]) -> None:
         room = room_of(upload_id)
         if not self._may_be_watched(room):
             return
         # Emits run as tasks in publish order, so a room sees events in the order they happened.
-        task = asyncio.create_task(self.sio.emit(name, payload, room=room))
+        task = asyncio.create_task(self.sio.emit(name, payload(), room=room))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
