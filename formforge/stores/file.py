@@ -163,8 +163,11 @@ class FileStore(Store):
 
     def _accepted(self, base: str, size: int) -> int:
         """Bytes of a provisional write are not the upload's until their checksum is checked."""
+        pending = f"{base}.pending"
+        if not os.access(pending, os.F_OK):  # the common case, without an exception raised
+            return size
         try:
-            return min(size, int(info_file.read_small(f"{base}.pending") or b"0"))
+            return min(size, int(info_file.read_small(pending) or b"0"))
         except (FileNotFoundError, ValueError):
             return size
 
