@@ -27,6 +27,7 @@ from formforge.core.ids import is_valid_upload_id
 from formforge.core.model import NewUpload, UploadInfo, UploadState
 from formforge.core.store import Store
 from formforge.stores import info_file
+from formforge.stores.data_file import DataFile, held_max, write_chunk
 from formforge.stores.digest import sha256_of_file
 from formforge.stores.records import (
     Record,
@@ -35,7 +36,6 @@ from formforge.stores.records import (
     info_from_record,
     new_record,
 )
-from formforge.stores.writeback import start_writeback
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -51,6 +51,7 @@ READ_CHUNK = 1024 * 1024
 # overlap with (1 GiB in 8 MiB PATCHes: ~950 MiB/s through threads, ~1,500 inline).
 # fdatasync always goes to a thread (docs/benchmarks.md).
 INLINE_WRITE_MAX = 256 * 1024
+OUT_OF_FILES_RETRY_AFTER_SECONDS = 1  # descriptors come back as other requests end
 LIST_YIELD_EVERY = 64  # directory entries between two turns of the event loop
 
 
@@ -61,6 +62,7 @@ class FileStore(Store):
         self.root = root
         self._root = str(root)
         self._streaming = 0  # writes in progress in this process
+        self.files_held_max = held_max()  # past it, a body's file is closed between pieces
         self.fsync = fsync
         # Read-modify-write of info records runs in worker threads: one at a time, so a
         # termination and a late update (processing) cannot interleave.
@@ -139,7 +141,10 @@ class FileStore(Store):
             os.close(fd)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        return self._info_sync(upload_id)  # two stats and two small reads: no thread needed
+        try:  # two stats and two small reads: no thread needed
+            return self._info_sync(upload_id)
+        except OSError as error:
+            raise retryable(error) from None
 
     def _info_sync(self, upload_id: str) -> UploadInfo:
         stored = self._stored(upload_id)
@@ -193,47 +198,37 @@ class FileStore(Store):
         pending = self._path(upload_id, ".pending") if keep is not None else None
         if pending is not None:
             await self._on_disk(self._write_atomic, pending, str(offset).encode())
-        fd = self._open_at_end(upload_id, offset)
+        data = DataFile.open_at_end(self.data_path(upload_id), offset)
         end = offset
         self._streaming += 1
         try:
             async for chunk in chunks:
+                fd = data.descriptor()
                 if len(chunk) <= INLINE_WRITE_MAX or self._streaming == 1:
-                    _write_chunk(fd, chunk, end, self.fsync)
+                    write_chunk(fd, chunk, end, self.fsync)
                 else:
-                    await _in_thread(_write_chunk, fd, chunk, end, self.fsync)
+                    await _in_thread(write_chunk, fd, chunk, end, self.fsync)
                 end += len(chunk)
-                # A slow body's next piece is a second away: its last one is not kept meanwhile.
+                # A slow body's next piece is a second away: its last one is not kept meanwhile,
+                # nor, with many such bodies, its file (`data_file.py`).
                 del chunk
+                if self._streaming > self.files_held_max:
+                    data.park()
         finally:
             self._streaming -= 1
             # Runs on a cut body, a cancelled task and an error alike: what arrived stays.
             try:
                 if keep is not None and not keep():
-                    os.ftruncate(fd, offset)
+                    os.ftruncate(data.descriptor(), offset)
                     end = offset
                 if self.fsync:
-                    await _in_thread(os.fdatasync, fd)
+                    await _in_thread(os.fdatasync, data.descriptor())
             finally:
-                os.close(fd)
+                data.close()
             if pending is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(pending)
         return end
-
-    def _open_at_end(self, upload_id: str, offset: int) -> int:
-        """The data file, open for writing, after checking that `offset` is where it ends."""
-        try:
-            fd = os.open(self.data_path(upload_id), os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
-        end = os.fstat(fd).st_size
-        if end != offset:
-            os.close(fd)
-            raise UploadError(
-                ErrorKind.OFFSET_MISMATCH, f"offset is {end}, not {offset}", offset=end
-            )
-        return fd
 
     async def update(self, upload_id: str, **changes: object) -> UploadInfo:
         check_changes(changes)
@@ -338,26 +333,25 @@ class FileStore(Store):
 
 @contextlib.contextmanager
 def disk_errors() -> Iterator[None]:
-    """A full disk is the client's 507 (retry later), not a 500; stored bytes stay as they are."""
+    """A full disk is the client's 507 and too many open files its 503 (retry later both),
+    not a 500; stored bytes stay as they are."""
     try:
         yield
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UploadError(ErrorKind.INSUFFICIENT_STORAGE, "the server's disk is full") from None
-        raise
+        raise retryable(error) from None
 
 
-def _write_chunk(fd: int, chunk: bytes, position: int, durable: bool) -> None:
-    _pwrite_all(fd, chunk, position)
-    if durable:  # the fdatasync at the end of the request then has less left to wait for
-        start_writeback(fd, position, len(chunk))
-
-
-def _pwrite_all(fd: int, chunk: bytes, position: int) -> None:
-    view = memoryview(chunk)
-    while view:
-        written = os.pwrite(fd, view, position)
-        view, position = view[written:], position + written
+def retryable(error: OSError) -> Exception:
+    """What the client is told about a resource the server ran out of; else the error."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UploadError(ErrorKind.INSUFFICIENT_STORAGE, "the server's disk is full")
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return UploadError(
+            ErrorKind.SERVER_BUSY,
+            "the server has too many files open; try again shortly",
+            retry_after=OUT_OF_FILES_RETRY_AFTER_SECONDS,
+        )
+    return error
 
 
 async def _in_thread(work: Callable[..., _T], *args: Any) -> _T:
