@@ -2,9 +2,9 @@
 
 `feed` returns an awaitable while the consumer has not taken the last chunk: that is the
 backpressure (the front stops reading the socket until it resolves), so at most two chunks
-wait here per upload: a small one the consumer was already waiting for, and one held back. The iterator ends when the body is complete, the connection is cut,
-the client stalls for `idle_timeout` seconds, or a newer request takes the upload over;
-`end` says which.
+wait here per upload: a small one the consumer was already waiting for, and one held back.
+The iterator ends when the body is complete, the connection is cut, the client stalls for
+`idle_timeout` seconds, or a newer request takes the upload over; `end` says which.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any, Protocol
 
 from formforge.core.bandwidth import Pace
 
-
-# A chunk up to this size that the consumer already waits for is not pushed back (200
-# uploads reading on while 256 KiB chunks were taken held 25-30 MiB more at their peak).
+# A chunk up to this size that the consumer already waits for is not pushed back: the
+# front reads on meanwhile, and what it may hand over next stays as small.
 UNHELD_CHUNK_MAX = 64 * 1024
 
 
