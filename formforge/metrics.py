@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from tornado.web import RequestHandler
 
@@ -26,6 +28,7 @@ class Metrics:
             ["method", "status"],
             registry=self.registry,
         )
+        self._request_counters: dict[tuple[str, int], Any] = {}
         self.bytes_received = Counter(
             "formforge_bytes_received", "Upload bytes stored", registry=self.registry
         )
@@ -80,7 +83,11 @@ class Metrics:
             self.hook_failures.labels(point, transport).inc()
 
     def on_request(self, handler: RequestHandler) -> None:
-        self.requests.labels(handler.request.method or "", str(handler.get_status())).inc()
+        key = (handler.request.method or "", handler.get_status())
+        counter = self._request_counters.get(key)
+        if counter is None:  # `labels` checks and locks each time: once per method and status
+            counter = self._request_counters[key] = self.requests.labels(key[0], str(key[1]))
+        counter.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
