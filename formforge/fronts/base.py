@@ -40,6 +40,8 @@ _REASONS = {460: "Checksum Mismatch", 499: "Client Closed Request"}
 class FrontHandler(RequestHandler):
     """Base of the fronts' handlers; `initialize` receives the collaborators (no globals)."""
 
+    initialized = False
+
     def initialize(
         self,
         service: UploadService,
@@ -53,7 +55,8 @@ class FrontHandler(RequestHandler):
         self.public_url = public_url
         self.prefix = prefix  # where FormForge's routes are mounted: '' or '/a/b'
         self.cors_origins = cors_origins
-        self.set_default_headers()  # Tornado first calls it before initialize()
+        self.initialized = True
+        self.set_default_headers()  # which needs the collaborators: see `clear`
 
     def clear(self) -> None:
         """Tornado's own `clear`, with the `Date` formatted once a second instead of once per
@@ -65,7 +68,10 @@ class FrontHandler(RequestHandler):
                 "Date": http_date(time.time()),
             }
         )
-        self.set_default_headers()
+        # Tornado's __init__ clears before `initialize` has given the headers' inputs (the
+        # CORS origins): `initialize` sets them then, once, instead of twice a request.
+        if self.initialized:
+            self.set_default_headers()
         self._write_buffer: list[bytes] = []
         self._status_code = 200
         self._reason = "OK"
