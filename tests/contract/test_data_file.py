@@ -59,12 +59,13 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+@pytest.mark.parametrize("fsync", [False, True])
 @pytest.mark.parametrize(("held", "open_between_pieces"), [(1, 0), (10, 3)])
 @pytest.mark.gen_test
 async def test_past_the_limit_no_data_file_stays_open_between_pieces(
-    tmp_path: Path, held: int, open_between_pieces: int
+    tmp_path: Path, held: int, open_between_pieces: int, fsync: bool
 ) -> None:
-    store = FileStore(tmp_path, fsync=False)
+    store = FileStore(tmp_path, fsync=fsync)
     store.files_held_max = held
     ids, queues, writes = await streams_of(store, 3)
     await settle()  # all three are streaming
