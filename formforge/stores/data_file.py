@@ -50,10 +50,6 @@ class DataFile:
             self._fd = _open(self.path)
         return self._fd
 
-    @property
-    def parked(self) -> bool:
-        return self._fd is None
-
     def park(self) -> None:
         """Close until the next piece; every piece written so far is in the page cache."""
         self.close()

@@ -141,7 +141,7 @@ class FileStore(Store):
             os.close(fd)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        try:  # two stats and two small reads: no thread needed
+        try:  # a few small syscalls (the record's read, a stat, an access): no thread needed
             return self._info_sync(upload_id)
         except OSError as error:
             raise retryable(error) from None
