@@ -47,6 +47,11 @@ class Sweeper:
             return 0
         lock = await self.service.locker.acquire(upload_id, BRIEF)
         try:
+            # Decided again under the lock: a write that held it may have stored bytes (and
+            # been acknowledged) since the first read.
+            info = await self.service.store.get_info(upload_id)
+            if not self.service.is_expired(info):
+                return 0
             await store.terminate(upload_id, UploadState.EXPIRED)
         finally:
             await lock.release()

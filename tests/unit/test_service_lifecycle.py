@@ -13,6 +13,7 @@ from formforge.core.body import BodyEnd
 from formforge.core.errors import ErrorKind, UploadError
 from formforge.core.events import UploadExpired, UploadFailed, UploadFinished, UploadTerminated
 from formforge.core.hooks import POST_FINISH, POST_TERMINATE
+from formforge.core.locker import BRIEF
 from formforge.core.model import UploadState
 from formforge.core.service import UploadService
 from tests.unit.memory_store import MemoryStore
@@ -181,6 +182,27 @@ async def test_the_sweep_leaves_live_and_complete_uploads_alone(
     assert await service.sweep() == 0
     assert (await service.get(live.id)).state is UploadState.UPLOADING
     assert (await service.get(complete)).state is UploadState.COMPLETE
+
+
+@pytest.mark.gen_test
+async def test_the_sweep_decides_under_the_lock_so_bytes_stored_meanwhile_stay(
+    service: UploadService, store: MemoryStore
+) -> None:
+    upload = await service.create(10, {})
+    store.age(upload.id, TTL_SECONDS)  # expired as the sweep first reads it
+    lock = await service.locker.acquire(upload.id, BRIEF)  # a write under way
+    sweep = asyncio.ensure_future(service.sweep())
+    for _ in range(10):  # the sweep reads the record and asks for the lock
+        await asyncio.sleep(0)
+    assert not sweep.done()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    assert await store.write(upload.id, 0, chunks()) == 3  # the write's bytes land
+    await lock.release()
+    assert await sweep == 0
+    assert (await service.get(upload.id)).offset == 3
 
 
 @pytest.mark.gen_test
