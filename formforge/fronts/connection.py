@@ -81,21 +81,22 @@ class OwnConnection(BodyConnection):
     """FormForge's connection reads through one shared buffer and holds back at most a read:
     it has no read sizes to set."""
 
+    _wire: Http1Connection
+
     def __init__(self, connection: Http1Connection) -> None:
         super().__init__(connection, connection.params.chunk_size)
-        self._connection = connection
 
     def closed(self) -> bool:
-        return self._connection.closed()
+        return self._wire.closed()
 
     def raw_socket(self) -> socket.socket:
-        return self._connection.raw_socket()
+        return self._wire.raw_socket()
 
     def waiting_for_socket(self) -> bool:
-        return self._connection.waiting_for_socket()
+        return self._wire.waiting_for_socket()
 
     def write_raw(self, data: bytes) -> bool:
-        return self._connection.write_raw(data)
+        return self._wire.write_raw(data)
 
     def read_body_in(self, size: int) -> None:
         pass  # each read is what the kernel has, up to the loop's one shared buffer
@@ -105,30 +106,31 @@ class OwnConnection(BodyConnection):
 
 
 class TornadoConnection(BodyConnection):
+    _wire: HTTP1Connection
+
     def __init__(self, connection: HTTP1Connection) -> None:
         super().__init__(connection, connection.params.chunk_size)
-        self._connection = connection
 
     def closed(self) -> bool:
-        stream = self._connection.stream
+        stream = self._wire.stream
         return stream is None or stream.closed()
 
     def raw_socket(self) -> socket.socket:
-        return self._connection.stream.socket
+        return self._wire.stream.socket
 
     def waiting_for_socket(self) -> bool:
         # Tornado's buffer is empty while it waits for the socket.
-        return bool(self._connection.stream.reading())
+        return bool(self._wire.stream.reading())
 
     def read_body_in(self, size: int) -> None:
-        readahead.for_body(self._connection.stream, size)
+        readahead.for_body(self._wire.stream, size)
 
     def between_bodies(self) -> None:
-        readahead.between_bodies(self._connection.stream)
+        readahead.between_bodies(self._wire.stream)
 
     def write_raw(self, data: bytes) -> bool:
         try:
-            self._connection.stream.write(data)
+            self._wire.stream.write(data)
         except StreamClosedError:
             return False
         return True

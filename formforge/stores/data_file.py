@@ -50,11 +50,9 @@ class DataFile:
             self._fd = _open(self.path)
         return self._fd
 
-    def park(self) -> None:
-        """Close until the next piece; every piece written so far is in the page cache."""
-        self.close()
-
     def close(self) -> None:
+        """Until the next piece (`descriptor` opens it again), or for good; every piece
+        written so far is in the page cache."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

@@ -213,7 +213,7 @@ class FileStore(Store):
                 # nor, with many such bodies, its file (`data_file.py`).
                 del chunk
                 if self._streaming > self.files_held_max:
-                    data.park()
+                    data.close()
         finally:
             self._streaming -= 1
             # Runs on a cut body, a cancelled task and an error alike: what arrived stays.
