@@ -44,7 +44,8 @@ def patch(url: str, offset: int, body: bytes) -> requests.Response:
 
 
 def process_states(server: Any) -> str:
-    """The supervisor's and its children's state and kernel wait channel, one line each."""
+    """The supervisor's and its children's state, kernel wait channel and signal masks
+    (pending, blocked, ignored, caught), one line each."""
     lines = []
     for pid in [server.proc.pid, *sorted(worker_pids(server))]:
         try:
@@ -57,7 +58,7 @@ def process_states(server: Any) -> str:
             signals = [
                 line
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith(("SigPnd", "ShdPnd", "SigBlk"))
+                if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))
             ]
             lines.append(f"pid {pid}: {state} wchan={wchan} {' '.join(signals)}")
         except OSError as error:
