@@ -29,6 +29,7 @@ from formforge.core.store import Store
 from formforge.stores import info_file
 from formforge.stores.data_file import DataFile, held_max, write_chunk
 from formforge.stores.digest import sha256_of_file
+from formforge.stores.record_cache import RecordCache
 from formforge.stores.records import (
     Record,
     apply_changes,
@@ -67,6 +68,7 @@ class FileStore(Store):
         # Read-modify-write of info records runs in worker threads: one at a time, so a
         # termination and a late update (processing) cannot interleave.
         self._records = threading.Lock()
+        self._read_records = RecordCache()  # for reads only: updates read the file afresh
 
     # -- paths -------------------------------------------------------------------------
 
@@ -147,12 +149,14 @@ class FileStore(Store):
             raise retryable(error) from None
 
     def _info_sync(self, upload_id: str) -> UploadInfo:
-        stored = self._stored(upload_id)
+        stored = self._stored(upload_id, self._read_records.read)
         return self._info_of(upload_id, stored.record, stored.mtime)
 
-    def _stored(self, upload_id: str) -> info_file.Stored:
+    def _stored(
+        self, upload_id: str, read: Callable[[str], info_file.Stored] = info_file.read
+    ) -> info_file.Stored:
         try:
-            return info_file.read(self._path(upload_id, ".info"))
+            return read(self._path(upload_id, ".info"))
         except (FileNotFoundError, ValueError):  # absent, or its creation was cut short
             raise UploadError(ErrorKind.NOT_FOUND, "no such upload") from None
 
@@ -282,6 +286,7 @@ class FileStore(Store):
             os.unlink(self.data_path(upload_id))
 
     async def forget(self, upload_id: str) -> None:
+        self._read_records.forget(self._path(upload_id, ".info"))
         for suffix in (".info", ".bin", ".pending"):
             with contextlib.suppress(FileNotFoundError):
                 await aiofiles.os.remove(self._path(upload_id, suffix))

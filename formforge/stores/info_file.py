@@ -32,10 +32,14 @@ MAX_APPENDED = 32
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
+Version = tuple[int, int, int, int]
+
+
 class Stored(NamedTuple):
     record: Record
     mtime: float  # when the record last changed
     appended: int  # lines of changes after the whole record
+    version: Version  # of the file read (`version`)
 
 
 def read(path: str) -> Stored:
@@ -47,7 +51,15 @@ def read(path: str) -> Stored:
         raw = read_all(fd, stat.st_size)
     finally:
         os.close(fd)
-    return Stored(load_record_file(raw), stat.st_mtime, raw.count(b"\n"))
+    return Stored(load_record_file(raw), stat.st_mtime, raw.count(b"\n"), version(stat))
+
+
+def version(stat: os.stat_result) -> Version:
+    """What names one content of a record file. A record file only grows (each change is
+    appended) until it is written anew, and a new one is made while the old still holds its
+    inode, so it gets another: a path's inode could come back only after two rewrites (64
+    changes), and then also with the same size and times to the nanosecond."""
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def read_small(path: str) -> bytes:
