@@ -120,14 +120,16 @@ class FileStore(Store):
         self._create_data(new.id)
         record = new_record(new)
         try:
-            mtime = info_file.create(self._path(new.id, ".info"), record, durable=self.fsync)
+            path = self._path(new.id, ".info")
+            stored = info_file.create(path, record, durable=self.fsync)
         except OSError:  # a full disk, say: leave nothing half-created behind
             leftovers = [self.data_path(new.id), *map(str, self.root.glob(f"{new.id}.info*"))]
             for leftover in leftovers:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
             raise
-        return info_from_record(new.id, record, 0, mtime)
+        self._read_records.add(path, stored)  # no one else knows the id yet: it is this
+        return info_from_record(new.id, record, 0, stored.mtime)
 
     def _create_data(self, upload_id: str) -> None:
         path = self.data_path(upload_id)
@@ -272,6 +274,7 @@ class FileStore(Store):
     def _terminate_sync(self, upload_id: str, state: UploadState) -> None:
         with self._records:
             self._tombstone_sync(upload_id, state)
+        self._read_records.forget(self._path(upload_id, ".info"))  # rarely read again
 
     def _tombstone_sync(self, upload_id: str, state: UploadState) -> None:
         stored = self._stored(upload_id)

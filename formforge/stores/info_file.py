@@ -84,18 +84,22 @@ def read_all(fd: int, size_hint: int = 0) -> bytes:
     return b"".join(parts)
 
 
-def create(path: str, record: Record, *, durable: bool) -> float:
-    """Write a new record file (it must not exist); returns its modification time."""
+def create(path: str, record: Record, *, durable: bool) -> Stored:
+    """Write a new record file (it must not exist); returns it as `read` would."""
     payload = dump_record(record)
     if durable:
         replace(path, payload, durable=True)
-        return os.stat(path).st_mtime
+        return _written(record, os.stat(path))
     fd = os.open(path, _NEW, 0o644)
     try:
         write_all(fd, payload)
-        return os.fstat(fd).st_mtime
+        return _written(record, os.fstat(fd))
     finally:
         os.close(fd)
+
+
+def _written(record: Record, stat: os.stat_result) -> Stored:
+    return Stored(record, stat.st_mtime, 0, version(stat))
 
 
 def append(path: str, stored: Stored, changes: dict[str, object], *, durable: bool) -> float:

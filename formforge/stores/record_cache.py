@@ -10,19 +10,23 @@ the same content; any writer, this process or another, changes that version.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 from formforge.stores import info_file
 
-CACHED_RECORDS_MAX = 1024  # about a KiB each; uploads being written at once, mostly
+# About 2 KiB each. Uploads that take many PATCHes at once are what it is for; thousands
+# of slow ones read their record once per (long) PATCH and gain little from it.
+CACHED_RECORDS_MAX = 256
 
 
 class RecordCache:
     """Reads of record files; what it returns is shared, so callers must not change it
-    (read with `info_file.read` to change a record)."""
+    (read with `info_file.read` to change a record). Safe to use from the store's threads:
+    each step is one operation of an OrderedDict."""
 
     def __init__(self, size: int = CACHED_RECORDS_MAX) -> None:
         self._size = size
-        self._entries: dict[str, info_file.Stored] = {}
+        self._entries: OrderedDict[str, info_file.Stored] = OrderedDict()
 
     def read(self, path: str) -> info_file.Stored:
         """Like `info_file.read`, and as fresh: the same errors for the same files."""
@@ -32,13 +36,17 @@ class RecordCache:
                 if info_file.version(os.stat(path)) == cached.version:
                     return cached
             except FileNotFoundError:
-                del self._entries[path]
+                self.forget(path)
                 raise
         stored = info_file.read(path)
-        if cached is None and len(self._entries) >= self._size:
-            del self._entries[next(iter(self._entries))]  # the oldest read
-        self._entries[path] = stored
+        self.add(path, stored)
         return stored
+
+    def add(self, path: str, stored: info_file.Stored) -> None:
+        """A record as it is on disk now (one just written, or read)."""
+        if path not in self._entries and len(self._entries) >= self._size:
+            self._entries.popitem(last=False)  # the one added longest ago
+        self._entries[path] = stored
 
     def forget(self, path: str) -> None:
         self._entries.pop(path, None)

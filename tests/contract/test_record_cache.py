@@ -39,12 +39,26 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.gen_test
 async def test_an_unchanged_record_is_read_once(tmp_path: Path, reads: list[str]) -> None:
-    store = FileStore(tmp_path, fsync=False)
-    upload_id = await created(store)
+    upload_id = await created(FileStore(tmp_path, fsync=False))
+    store = FileStore(tmp_path, fsync=False)  # a restart, or another worker
     first = await store.get_info(upload_id)
     assert await store.get_info(upload_id) == first
     assert await store.get_info(upload_id) == first
     assert len(reads) == 1
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+@pytest.mark.gen_test
+async def test_a_record_just_created_is_not_read_back(
+    tmp_path: Path, reads: list[str], fsync: bool
+) -> None:
+    store = FileStore(tmp_path, fsync=fsync)
+    upload_id = await created(store)
+    info = await store.get_info(upload_id)
+    assert (info.size, info.offset, info.metadata) == (4, 0, {"filename": "a.txt"})
+    assert reads == []
+    await FileStore(tmp_path).update(upload_id, size=8)  # and still sees a change
+    assert (await store.get_info(upload_id)).size == 8
 
 
 @pytest.mark.gen_test
