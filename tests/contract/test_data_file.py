@@ -99,10 +99,11 @@ async def test_out_of_descriptors_is_a_busy_server_to_retry_not_an_error(tmp_pat
     async def body() -> AsyncIterator[bytes]:
         yield b"hello"
 
+    restarted = FileStore(tmp_path, fsync=False)  # has read no record yet
     resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no open succeeds now
     try:
         with pytest.raises(UploadError) as reading:
-            await store.get_info(upload.id)
+            await restarted.get_info(upload.id)
         with pytest.raises(UploadError) as writing:
             await store.write(upload.id, 0, body())
     finally:
