@@ -2,7 +2,8 @@
 
 The supervisor binds the socket and recovers the store once, then forks the workers and waits.
 SIGTERM or SIGINT to the supervisor becomes SIGTERM to each worker, which stops cleanly
-(persisting what its requests received); a worker that dies otherwise is replaced.
+(persisting what its requests received); a worker that dies otherwise is replaced; one
+still running `STOP_GRACE_SECONDS` after the stop is killed.
 Workers coordinate through the cross-process locker and Socket.IO fan-out that `FormForge`
 picks for `Role.workers > 1` (files and Unix sockets in the data dir, or Redis).
 """
@@ -14,9 +15,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
-from types import FrameType
 
 from tornado.netutil import bind_sockets
 
@@ -42,60 +43,88 @@ def supervise(
     server = settings.server
     sockets = bind_sockets(server.port, server.host, backlog=backlog_for(server.backlog))
     asyncio.run(recover_store(settings))
-    children: dict[int, int] = {}  # pid -> worker index
+    # The supervisor takes its signals with sigwaitinfo, never in a handler: a handler runs
+    # between two bytecodes, and a SIGTERM that came after the last of them and before
+    # `os.wait()` blocked stayed unhandled while the idle workers lived on (CI saw it once
+    # in a few hundred starts). Blocked, a signal waits until the loop below asks for it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+    supervisor = Supervisor(settings, sockets, workers, run_worker)
+    for index in range(workers):
+        supervisor.spawn(index)
+    announce(listening_url(settings.server.host, sockets))
+    return supervisor.run()
 
-    stopping = False
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        log.info("stopping workers=%d signal=%s", len(children), signal.Signals(signum).name)
-        for pid in children:
+# What the supervisor waits for: a stop, the end of the stop's grace, a worker's exit.
+SUPERVISOR_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD})
+
+
+class Supervisor:
+    def __init__(
+        self, settings: Settings, sockets: list[socket.socket], workers: int, run: RunWorker
+    ) -> None:
+        self._settings, self._sockets, self._workers, self._run = settings, sockets, workers, run
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+        self._restarts = 0
+
+    def run(self) -> int:
+        """Until every worker has exited; 1 if they kept dying."""
+        while self.children:
+            signum = signal.sigwaitinfo(SUPERVISOR_SIGNALS).si_signo
+            if signum == signal.SIGCHLD:
+                if not self._reap():
+                    return 1
+            elif signum == signal.SIGALRM:
+                self._kill_stragglers()
+            else:
+                self._stop(signal.Signals(signum).name)
+        return 0
+
+    def spawn(self, index: int) -> None:
+        role = Role(workers=self._workers, leader=index == 0, recover_store=False)
+        pid = os.fork()
+        if pid == 0:  # the worker: SIGTERM is its loop's to handle, SIGINT its supervisor's
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Still blocked: the worker unblocks SIGTERM once its loop handles it, so one
+            # that comes while it starts is delivered then, not lost or fatal half-started.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM, signal.SIGCHLD})
+            os._exit(self._run(Server(self._settings, self._sockets, role)))
+        self.children[pid] = index
+
+    def _reap(self) -> bool:
+        """Every worker that exited (one SIGCHLD may stand for several); a worker that died
+        is replaced unless the server is stopping. False once they keep dying."""
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # none left at all
+                self.children.clear()
+                return True
+            if pid == 0:
+                return True
+            index = self.children.pop(pid, -1)
+            if index < 0 or self.stopping:
+                continue
+            log.warning("worker died index=%d status=%d", index, status)
+            self._restarts += 1
+            if self._restarts > MAX_RESTARTS:
+                print("error: workers keep dying; stopping", file=sys.stderr)
+                self._stop("SIGTERM")
+                return False
+            self.spawn(index)
+        return True
+
+    def _stop(self, reason: str) -> None:
+        self.stopping = True
+        log.info("stopping workers=%d signal=%s", len(self.children), reason)
+        for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         signal.alarm(STOP_GRACE_SECONDS)
 
-    def kill_stragglers(signum: int, frame: FrameType | None) -> None:
-        for pid in children:
+    def _kill_stragglers(self) -> None:
+        for pid in self.children:
             log.warning("worker did not stop in time; killed pid=%d", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-    def spawn(index: int) -> None:
-        role = Role(workers=workers, leader=index == 0, recover_store=False)
-        # Blocked across the fork: a SIGTERM then would run the supervisor's handler inside
-        # the new worker (which then never stops), or reach the supervisor before it knows
-        # the worker's pid. The worker unblocks them once its loop handles SIGTERM.
-        relayed = {signal.SIGTERM, signal.SIGINT}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
-        pid = os.fork()
-        if pid == 0:  # the worker: not the supervisor's handlers, and SIGINT is its to relay
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            os._exit(run_worker(Server(settings, sockets, role)))
-        children[pid] = index
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-    # Handlers first: a stop that comes while workers start must still reach every one.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGALRM, kill_stragglers)
-    for index in range(workers):
-        if not stopping:
-            spawn(index)
-    announce(listening_url(settings.server.host, sockets))
-    restarts = 0
-    while children:
-        pid, status = os.wait()
-        index = children.pop(pid, -1)
-        if index < 0 or stopping:
-            continue
-        log.warning("worker died index=%d status=%d", index, status)
-        restarts += 1
-        if restarts > MAX_RESTARTS:
-            print("error: workers keep dying; stopping", file=sys.stderr)
-            stop(signal.SIGTERM, None)
-            return 1
-        spawn(index)
-    return 0
