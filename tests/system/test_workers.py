@@ -184,6 +184,39 @@ def test_sigterm_as_workers_start_still_stops_them_all(start_server: Any, tmp_pa
         assert status == 0, f"round {attempt}\n{server.log_tail()}"
 
 
+def signal_mask(pid: int, field: str) -> set[signal.Signals]:
+    """The signals in one of /proc's masks of a process (SigBlk, SigCgt...)."""
+    line = next(
+        line
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith(f"{field}:")
+    )
+    bits = int(line.split()[1], 16)
+    return {sig for sig in signal.Signals if sig < 64 and bits & (1 << (sig - 1))}
+
+
+def test_the_supervisor_takes_its_signals_only_when_it_asks_for_them(start_server: Any) -> None:
+    """A Python handler in the supervisor missed a SIGTERM that landed just before it blocked
+    in wait() (CI saw it hang, with SIGTERM caught and nothing pending). It has no handler
+    now: it waits in the kernel for the signals themselves (sigwaitinfo), so none can land
+    in a gap. Its workers handle SIGTERM in their loop and keep SIGINT blocked."""
+    server = start_server(args=["--workers", "2"])
+    relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD}
+    supervisor = server.proc.pid
+    # (Python's own SIGINT handler stays installed, never run: the signal is blocked.)
+    assert not (relayed - {signal.SIGINT}) & signal_mask(supervisor, "SigCgt")
+    deadline = time.monotonic() + WAIT  # it prints the URL just before it starts waiting
+    while not Path(f"/proc/{supervisor}/wchan").read_text().startswith("do_sigtimedwait"):
+        assert time.monotonic() < deadline, process_states(server)
+        time.sleep(0.05)
+    for worker in worker_pids(server):  # once each has started (SIGTERM blocked until then)
+        while signal_mask(worker, "SigBlk") & relayed != {signal.SIGINT}:
+            assert time.monotonic() < deadline, process_states(server)
+            time.sleep(0.05)
+        assert signal.SIGTERM in signal_mask(worker, "SigCgt")
+    assert terminate_or_say_where(server, "the stop") == 0
+
+
 def test_a_worker_that_does_not_stop_is_killed_and_the_server_still_exits_0(
     start_server: Any,
 ) -> None:
