@@ -103,12 +103,22 @@ class FileStore(Store):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path.removesuffix(".info") + suffix)
             elif entry.name.endswith(".pending"):
-                upload_id = entry.name.removesuffix(".pending")
-                start = int(Path(entry.path).read_text() or "0")
-                with contextlib.suppress(FileNotFoundError):
-                    os.truncate(self.data_path(upload_id), start)
-                os.unlink(entry.path)
-                log.info("provisional write cut back upload_id=%s offset=%d", upload_id, start)
+                self._cut_back(entry.path, entry.name.removesuffix(".pending"))
+
+    def _cut_back(self, marker: str, upload_id: str) -> None:
+        """A provisional write a crash interrupted: its bytes were never verified."""
+        try:
+            start = int(info_file.read_small(marker) or b"0")
+            data = self.data_path(upload_id)
+        except (ValueError, UploadError):
+            # FormForge writes a marker whole, named after a valid id: not this one, so it
+            # stays for an operator to look at, and every other upload is served.
+            log.error("provisional-write marker not ours, left as it is path=%s", marker)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(data, start)
+        os.unlink(marker)
+        log.info("provisional write cut back upload_id=%s offset=%d", upload_id, start)
 
     async def create(self, new: NewUpload) -> UploadInfo:
         with disk_errors():

@@ -169,6 +169,33 @@ async def test_recover_cuts_back_a_provisional_write_a_crash_interrupted(tmp_pat
 
 
 @pytest.mark.gen_test
+async def test_a_marker_that_is_not_ours_does_not_stop_the_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a hand or a broken disk makes a `.pending` that is not a number, or one named
+    after no valid id: it is left as it is and said in the log, and the rest recovers (a
+    server that did not start would serve no upload at all)."""
+    root = tmp_path / "data"
+    store = FileStore(root)
+    cut, odd = await new(store), await new(store)
+    for upload_id in (cut, odd):
+        await store.write(upload_id, 0, chunks(b"ab"))
+        with open(root / f"{upload_id}.bin", "ab") as data:
+            data.write(b"unverified")
+    (root / f"{cut}.pending").write_text("2")
+    (root / f"{odd}.pending").write_text("two")
+    (root / "not an id.pending").write_text("0")
+    await FileStore(root).recover()
+    assert (await store.get_info(cut)).offset == 2
+    assert (root / f"{odd}.pending").read_text() == "two"
+    assert (root / f"{odd}.bin").read_bytes() == b"abunverified"
+    assert (root / "not an id.pending").exists()
+    marked = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(marked) == 2
+    assert any(f"{odd}.pending" in line for line in marked)
+
+
+@pytest.mark.gen_test
 async def test_recover_removes_orphans_and_scratch_files(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "data")
     kept = await new(store)
