@@ -33,6 +33,8 @@ MAX_RESTARTS = 10
 # connections); one still running after this is killed, so SIGTERM always ends the server.
 STOP_GRACE_SECONDS = 9
 RunWorker = Callable[[Server], int]  # runs one worker's server until SIGTERM; exit status
+# What the supervisor waits for: a stop, the end of the stop's grace, a worker's exit.
+SUPERVISOR_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD})
 
 
 def supervise(
@@ -53,10 +55,6 @@ def supervise(
         supervisor.spawn(index)
     announce(listening_url(settings.server.host, sockets))
     return supervisor.run()
-
-
-# What the supervisor waits for: a stop, the end of the stop's grace, a worker's exit.
-SUPERVISOR_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD})
 
 
 class Supervisor:

@@ -155,7 +155,7 @@ class FileStore(Store):
             os.close(fd)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        try:  # a few small syscalls (the record's read, a stat, an access): no thread needed
+        try:  # a few small syscalls (stats of the record and the data, an access): on the loop
             return self._info_sync(upload_id)
         except OSError as error:
             raise retryable(error) from None

@@ -21,8 +21,9 @@ CACHED_RECORDS_MAX = 256
 
 class RecordCache:
     """Reads of record files; what it returns is shared, so callers must not change it
-    (read with `info_file.read` to change a record). Safe to use from the store's threads:
-    each step is one operation of an OrderedDict."""
+    (read with `info_file.read` to change a record). The store's threads use it too (creation
+    and termination, with fsync on): each step is one OrderedDict operation, and two adds at
+    once can at worst drop one record more than needed."""
 
     def __init__(self, size: int = CACHED_RECORDS_MAX) -> None:
         self._size = size

@@ -43,24 +43,25 @@ def patch(url: str, offset: int, body: bytes) -> requests.Response:
     )
 
 
+def status_fields(pid: int) -> dict[str, str]:
+    """/proc's status of a process, by field name (State, SigBlk, SigCgt...)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
 def process_states(server: Any) -> str:
     """The supervisor's and its children's state, kernel wait channel and signal masks
     (pending, blocked, ignored, caught), one line each."""
     lines = []
     for pid in [server.proc.pid, *sorted(worker_pids(server))]:
         try:
-            state = next(
-                line
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("State:")
-            )
+            fields = status_fields(pid)
             wchan = Path(f"/proc/{pid}/wchan").read_text()
             signals = [
-                line
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))
+                f"{name}:\t{fields[name]}"
+                for name in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
             ]
-            lines.append(f"pid {pid}: {state} wchan={wchan} {' '.join(signals)}")
+            lines.append(f"pid {pid}: State:\t{fields['State']} wchan={wchan} {' '.join(signals)}")
         except OSError as error:
             lines.append(f"pid {pid}: {error}")
     return "\n".join(lines)
@@ -186,12 +187,7 @@ def test_sigterm_as_workers_start_still_stops_them_all(start_server: Any, tmp_pa
 
 def signal_mask(pid: int, field: str) -> set[signal.Signals]:
     """The signals in one of /proc's masks of a process (SigBlk, SigCgt...)."""
-    line = next(
-        line
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith(f"{field}:")
-    )
-    bits = int(line.split()[1], 16)
+    bits = int(status_fields(pid)[field], 16)
     return {sig for sig in signal.Signals if sig < 64 and bits & (1 << (sig - 1))}
 
 
